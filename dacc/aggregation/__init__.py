@@ -1,0 +1,1 @@
+"""Aggregation of raw measures into per-cell statistics, in PostgreSQL."""

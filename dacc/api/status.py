@@ -1,0 +1,15 @@
+"""Health of the service."""
+
+from flask import Blueprint, jsonify
+
+from dacc.status import check_database
+
+bp = Blueprint("status", __name__)
+
+
+@bp.get("/status")
+def status():
+    db_status = check_database()
+    ok = db_status["status"] == "ok"
+    body = {"db": db_status, "global_status": "ok" if ok else "ko"}
+    return jsonify(body), 200 if ok else 503

@@ -1,0 +1,3 @@
+"""Admin commands for aggregation (being built)."""
+
+COMMANDS: list = []

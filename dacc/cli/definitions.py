@@ -1,0 +1,3 @@
+"""Admin commands for definitions (being built)."""
+
+COMMANDS: list = []

@@ -1,0 +1,3 @@
+"""Admin commands for jobs (being built)."""
+
+COMMANDS: list = []

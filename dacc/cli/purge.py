@@ -1,0 +1,3 @@
+"""Admin commands for purge (being built)."""
+
+COMMANDS: list = []

@@ -1,0 +1,3 @@
+"""Admin commands for view (being built)."""
+
+COMMANDS: list = []

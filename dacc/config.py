@@ -1,0 +1,190 @@
+"""Configuration: found once at start, merged onto defaults, validated, frozen."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import click
+import yaml
+
+SYSTEM_CONFIG = Path("/etc/dacc/config.yml")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+DB_KEYS = ("host", "port", "dbname", "user", "password")
+
+
+class ConfigError(click.ClickException):
+    """The configuration cannot be used.
+
+    A ClickException so that any `flask` command loading the app prints one line
+    and exits 1 instead of a traceback.
+    """
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Everything the app reads from its environment, read once."""
+
+    database_url: str | None = None
+    """SQLAlchemy URL of an external PostgreSQL; None means the embedded server."""
+    data_dir: str = "instance/pgdata"
+    """Data folder of the embedded PostgreSQL."""
+    source: str = "defaults"
+    """Where the configuration came from, for the start-up log line."""
+    logging_enable: bool = True
+    log_level: str = "INFO"
+    token_cache_seconds: int = 5
+    """How long a process trusts a token it already checked (at most 60)."""
+    statement_timeout_ms: int = 30_000
+    """Default statement timeout of web requests; jobs lift it."""
+    bench_endpoints: bool = False
+    """Expose the benchmark's ceiling endpoints. Only the benchmark sets it."""
+    testing: bool = False
+
+    @property
+    def embedded(self) -> bool:
+        return self.database_url is None
+
+
+def load_config(environ: dict[str, str] | None = None, cwd: Path | None = None) -> Config:
+    """Find, read and validate the configuration.
+
+    Order: the file named by DACC_CONFIG, ./config.yml, /etc/dacc/config.yml; a missing
+    file everywhere means defaults. DATABASE_URL then overrides the database section.
+    Raises ConfigError naming the file and key at fault.
+    """
+    env = os.environ if environ is None else environ
+    cwd = Path.cwd() if cwd is None else cwd
+    path = _find_config_file(env, cwd)
+    raw = _read_yaml(path) if path else {}
+    values: dict = {"source": str(path) if path else "defaults"}
+    where = str(path) if path else "config"
+
+    section = env.get("DACC_ENV", "default")
+    database = raw.get("database")
+    if database is not None:
+        values["database_url"] = _database_url(database, section, where)
+    _read_logging(raw.get("logging"), where, values)
+    _read_dacc_section(raw.get("dacc"), where, values)
+
+    if env.get("DATABASE_URL"):
+        values["database_url"] = normalise_database_url(env["DATABASE_URL"], "DATABASE_URL")
+        values["source"] += " + DATABASE_URL"
+    if env.get("DACC_DATA_DIR"):
+        values["data_dir"] = env["DACC_DATA_DIR"]
+    if not Path(values.get("data_dir", Config.data_dir)).is_absolute():
+        values["data_dir"] = str(cwd / values.get("data_dir", Config.data_dir))
+    return Config(**values)
+
+
+def _find_config_file(env, cwd: Path) -> Path | None:
+    if env.get("DACC_CONFIG"):
+        path = Path(env["DACC_CONFIG"])
+        if not path.is_file():
+            raise ConfigError(f"DACC_CONFIG names {path}, which is not a readable file")
+        return path
+    for path in (cwd / "config.yml", SYSTEM_CONFIG):
+        if path.is_file():
+            return path
+    return None
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" (line {mark.line + 1})" if mark else ""
+        raise ConfigError(f"{path}: malformed YAML{at}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def _database_url(database, section: str, where: str) -> str:
+    if not isinstance(database, dict):
+        raise ConfigError(f"{where}: key 'database' must be a mapping")
+    settings = database.get(section)
+    if not isinstance(settings, dict):
+        raise ConfigError(f"{where}: missing key 'database.{section}' (a mapping)")
+    for key in ("host", "dbname", "user"):
+        if not settings.get(key):
+            raise ConfigError(f"{where}: missing key 'database.{section}.{key}'")
+    unknown = set(settings) - set(DB_KEYS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key 'database.{section}.{sorted(unknown)[0]}'")
+    port = settings.get("port", 5432)
+    if not isinstance(port, int) or not 0 < port < 65536:
+        raise ConfigError(f"{where}: 'database.{section}.port' must be a port number")
+    password = settings.get("password") or ""
+    auth = quote(str(settings["user"]), safe="")
+    if password:
+        auth += ":" + quote(str(password), safe="")
+    host = str(settings["host"])
+    dbname = quote(str(settings["dbname"]), safe="")
+    return f"postgresql+psycopg2://{auth}@{host}:{port}/{dbname}"
+
+
+def _read_logging(logging_, where: str, values: dict) -> None:
+    if logging_ is None:
+        return
+    if not isinstance(logging_, dict):
+        raise ConfigError(f"{where}: key 'logging' must be a mapping")
+    if "enable" in logging_:
+        if not isinstance(logging_["enable"], bool):
+            raise ConfigError(f"{where}: 'logging.enable' must be true or false")
+        values["logging_enable"] = logging_["enable"]
+    if "logger_criticity" in logging_:
+        level = str(logging_["logger_criticity"]).upper()
+        if level not in LOG_LEVELS:
+            raise ConfigError(
+                f"{where}: 'logging.logger_criticity' must be one of {', '.join(LOG_LEVELS)}"
+            )
+        values["log_level"] = level
+
+
+def _read_dacc_section(section, where: str, values: dict) -> None:
+    """Settings of our own, under `dacc:` so the DACC-compatible keys stay as they are."""
+    if section is None:
+        return
+    if not isinstance(section, dict):
+        raise ConfigError(f"{where}: key 'dacc' must be a mapping")
+    if "data_dir" in section:
+        values["data_dir"] = str(section["data_dir"])
+    if "token_cache_seconds" in section:
+        seconds = section["token_cache_seconds"]
+        if not isinstance(seconds, int) or not 0 <= seconds <= 60:
+            raise ConfigError(f"{where}: 'dacc.token_cache_seconds' must be 0..60")
+        values["token_cache_seconds"] = seconds
+    if "statement_timeout_ms" in section:
+        timeout = section["statement_timeout_ms"]
+        if not isinstance(timeout, int) or timeout < 0:
+            raise ConfigError(f"{where}: 'dacc.statement_timeout_ms' must be an integer ≥ 0")
+        values["statement_timeout_ms"] = timeout
+
+
+def normalise_database_url(url: str, where: str = "database URL") -> str:
+    """Map the usual spellings (postgres://, postgresql://) to the psycopg2 driver.
+
+    SQLAlchemy 2.1 would pick psycopg 3 for a bare postgresql://; we ship psycopg2.
+    """
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme in ("postgres", "postgresql", "postgresql+psycopg2"):
+        return urlunsplit(("postgresql+psycopg2",) + tuple(parts)[1:])
+    raise ConfigError(f"{where}: expected a postgresql:// URL, got scheme '{scheme or '?'}'")
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced, for logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(":" + parts.password + "@", ":***@", 1)
+    return urlunsplit((parts.scheme, netloc) + tuple(parts)[2:])

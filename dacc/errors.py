@@ -1,0 +1,102 @@
+"""Typed errors, and the one place where exceptions become JSON responses."""
+
+import logging
+
+from flask import jsonify
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+
+class DaccError(Exception):
+    """Base of the errors a client or admin can cause; `status` is the HTTP status."""
+
+    status = 400
+
+    def __init__(self, message: str, *, details: list | None = None):
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class BadRequest(DaccError):
+    """The request is malformed or a field is invalid; nothing was written."""
+
+    status = 400
+
+
+class Unauthorized(DaccError):
+    """No usable bearer token: missing, malformed, unknown, expired or revoked."""
+
+    status = 401
+
+
+class Forbidden(DaccError):
+    """The token is valid but may not do this."""
+
+    status = 403
+
+
+class NotFound(DaccError):
+    """A named thing (definition, token, ...) does not exist."""
+
+    status = 404
+
+
+class Conflict(DaccError):
+    """The request clashes with the current state (e.g. a job already running)."""
+
+    status = 409
+
+
+class PayloadTooLarge(DaccError):
+    """The body exceeds the limit of this endpoint."""
+
+    status = 413
+
+
+class UnsupportedMediaType(DaccError):
+    """The body is not declared as JSON."""
+
+    status = 415
+
+
+def register_error_handlers(app):
+    """Turn every error into `{"error": ...}` JSON; never HTML, never a traceback."""
+
+    @app.errorhandler(DaccError)
+    def handle_dacc_error(exc: DaccError):
+        body = {"error": exc.message}
+        if exc.details:
+            body["errors"] = exc.details
+        response = jsonify(body)
+        response.status_code = exc.status
+        if exc.status == 401:
+            response.headers["WWW-Authenticate"] = "Bearer"
+        return response
+
+    @app.errorhandler(HTTPException)
+    def handle_http_exception(exc: HTTPException):
+        response = exc.get_response()
+        response.data = app.json.dumps({"error": exc.description or exc.name})
+        response.content_type = "application/json"
+        return response
+
+    @app.errorhandler(Exception)
+    def handle_unexpected(exc: Exception):
+        from dacc.db import db
+
+        log.exception("unhandled error on %s", _request_line())
+        try:
+            db.session.rollback()
+        except Exception:  # the session may be unusable; the response matters more
+            log.warning("rollback after an unhandled error failed", exc_info=True)
+        response = jsonify({"error": "internal server error"})
+        response.status_code = 500
+        return response
+
+
+def _request_line() -> str:
+    from flask import request
+
+    return f"{request.method} {request.path}"

@@ -1,0 +1,16 @@
+"""All models, imported so that Alembic sees every table."""
+
+from dacc.models.aggregates import Aggregate, AggregationState
+from dacc.models.definitions import MeasureDefinition
+from dacc.models.measures import MeasureKey, RawMeasure, RefusedRawMeasure
+from dacc.models.tokens import ApiToken
+
+__all__ = [
+    "Aggregate",
+    "AggregationState",
+    "ApiToken",
+    "MeasureDefinition",
+    "MeasureKey",
+    "RawMeasure",
+    "RefusedRawMeasure",
+]

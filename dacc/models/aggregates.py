@@ -1,0 +1,88 @@
+"""Aggregates (one row per cell) and the per-measure bookkeeping of aggregation runs."""
+
+from datetime import datetime
+from decimal import Decimal
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from dacc.db import db
+from dacc.models.definitions import KEY_LENGTH, NAME_LENGTH
+from dacc.models.measures import VALUE_TYPE
+
+
+class Aggregate(db.Model):
+    """Mergeable statistics of one cell: exact sums, so that merges stay exact.
+
+    A group holding {key: "*"} is a wildcard: all values of that group merged.
+    """
+
+    __tablename__ = "aggregate"
+    __table_args__ = (
+        # NULLS NOT DISTINCT: a definition without group2 has NULL there, and its cells
+        # must still be unique for ON CONFLICT to merge into them.
+        sa.Index(
+            "uq_aggregate_cell",
+            "measure_name",
+            "start_date",
+            "created_by",
+            "group1",
+            "group2",
+            "group3",
+            unique=True,
+            postgresql_nulls_not_distinct=True,
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
+    measure_name: Mapped[str] = mapped_column(
+        sa.String(NAME_LENGTH),
+        sa.ForeignKey("measure_definition.name", ondelete="CASCADE", onupdate="CASCADE"),
+    )
+    start_date: Mapped[datetime] = mapped_column(sa.DateTime)
+    created_by: Mapped[str] = mapped_column(sa.String(KEY_LENGTH))
+    group1: Mapped[dict | None] = mapped_column(JSONB)
+    group2: Mapped[dict | None] = mapped_column(JSONB)
+    group3: Mapped[dict | None] = mapped_column(JSONB)
+    count: Mapped[int] = mapped_column(sa.BigInteger)
+    count_not_zero: Mapped[int] = mapped_column(sa.BigInteger)
+    sum: Mapped[Decimal] = mapped_column(sa.Numeric)
+    sum_squares: Mapped[Decimal] = mapped_column(sa.Numeric)
+    """Exact sum of value², so that std merges exactly."""
+    min: Mapped[Decimal] = mapped_column(VALUE_TYPE)
+    max: Mapped[Decimal] = mapped_column(VALUE_TYPE)
+    avg: Mapped[float] = mapped_column(sa.Float)
+    std: Mapped[float] = mapped_column(sa.Float)
+    median: Mapped[float | None] = mapped_column(sa.Float)
+    first_quartile: Mapped[float | None] = mapped_column(sa.Float)
+    third_quartile: Mapped[float | None] = mapped_column(sa.Float)
+    last_updated: Mapped[datetime] = mapped_column(
+        sa.DateTime(timezone=True), server_default=sa.func.now()
+    )
+    last_raw_measures_purged: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+
+
+class AggregationState(db.Model):
+    """Where the previous aggregation run of a measure stopped.
+
+    The run's snapshot (xmin, xmax, in-progress ids) tells exactly which raw rows it
+    saw: the next run takes the rows its own snapshot sees and that one did not.
+    """
+
+    __tablename__ = "aggregation_state"
+
+    measure_name: Mapped[str] = mapped_column(
+        sa.String(NAME_LENGTH),
+        sa.ForeignKey("measure_definition.name", ondelete="CASCADE", onupdate="CASCADE"),
+        primary_key=True,
+    )
+    last_run_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    snapshot_xmin: Mapped[int] = mapped_column(sa.BigInteger, server_default="0")
+    snapshot_xmax: Mapped[int] = mapped_column(sa.BigInteger, server_default="0")
+    snapshot_xip: Mapped[list[int]] = mapped_column(
+        ARRAY(sa.BigInteger), server_default=sa.text("'{}'::bigint[]")
+    )
+    rebuild_from: Mapped[datetime | None] = mapped_column(sa.DateTime)
+    """Set by delete-aggregations-from-date: the next run re-reads every raw measure
+    from this start date on, whatever its transaction."""

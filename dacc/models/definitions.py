@@ -1,0 +1,59 @@
+"""Measure definitions: what may be measured, how it is grouped and who may read it."""
+
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from dacc.db import db
+
+PERIODS = ("day", "week", "month")
+NAME_LENGTH = 200
+KEY_LENGTH = 100
+
+
+class MeasureDefinition(db.Model):
+    __tablename__ = "measure_definition"
+    __table_args__ = (
+        sa.CheckConstraint(
+            "aggregation_period IN ('day', 'week', 'month')", name="aggregation_period"
+        ),
+        sa.CheckConstraint(
+            "execution_frequency IN ('day', 'week', 'month')", name="execution_frequency"
+        ),
+        sa.CheckConstraint("aggregation_threshold >= 1", name="aggregation_threshold"),
+        sa.CheckConstraint("max_days_to_update_quartile >= 0", name="max_days_quartile"),
+        sa.CheckConstraint("raw_retention_days IS NULL OR raw_retention_days >= 1", name="retention"),
+        # Group keys are positional: group2 needs group1, group3 needs group2.
+        sa.CheckConstraint(
+            "(group2_key IS NULL OR group1_key IS NOT NULL)"
+            " AND (group3_key IS NULL OR group2_key IS NOT NULL)",
+            name="group_keys_in_order",
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(sa.Integer, sa.Identity(), primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(NAME_LENGTH), unique=True)
+    org: Mapped[str] = mapped_column(sa.String(KEY_LENGTH))
+    created_by: Mapped[str | None] = mapped_column(sa.String(KEY_LENGTH))
+    group1_key: Mapped[str | None] = mapped_column(sa.String(KEY_LENGTH))
+    group2_key: Mapped[str | None] = mapped_column(sa.String(KEY_LENGTH))
+    group3_key: Mapped[str | None] = mapped_column(sa.String(KEY_LENGTH))
+    description: Mapped[str | None] = mapped_column(sa.Text)
+    aggregation_period: Mapped[str] = mapped_column(sa.String(5), server_default="day")
+    execution_frequency: Mapped[str] = mapped_column(sa.String(5), server_default="day")
+    aggregation_threshold: Mapped[int] = mapped_column(sa.Integer, server_default="5")
+    access_app: Mapped[bool] = mapped_column(sa.Boolean, server_default=sa.false())
+    access_public: Mapped[bool] = mapped_column(sa.Boolean, server_default=sa.false())
+    with_quartiles: Mapped[bool] = mapped_column(sa.Boolean, server_default=sa.false())
+    max_days_to_update_quartile: Mapped[int] = mapped_column(sa.Integer, server_default="100")
+    wildcard_groups: Mapped[list] = mapped_column(JSONB, server_default=sa.text("'[]'::jsonb"))
+    """Declared wildcard levels, e.g. [["group2"], ["group1", "group2"]]."""
+    raw_retention_days: Mapped[int | None] = mapped_column(sa.Integer)
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=sa.func.now())
+    updated_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=sa.func.now())
+
+    @property
+    def group_keys(self) -> list[str]:
+        return [k for k in (self.group1_key, self.group2_key, self.group3_key) if k]

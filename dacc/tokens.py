@@ -1,0 +1,182 @@
+"""API tokens: creation, rotation, revocation and the check behind every request."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import logging
+import re
+import secrets
+import time
+from datetime import datetime, timedelta, timezone
+
+import sqlalchemy as sa
+from flask import current_app
+
+from dacc.db import db
+from dacc.errors import BadRequest, NotFound, Unauthorized
+from dacc.models import ApiToken
+
+log = logging.getLogger(__name__)
+
+SCOPES = ("measure:write", "aggregate:read")
+SECRET_PREFIX = "dacc_"
+SECRET_SHAPE = re.compile(r"^dacc_[A-Za-z0-9_-]{43}$")
+DISPLAY_PREFIX_LENGTH = 12
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenIdentity:
+    """What a request's token allows; no secret in it."""
+
+    id: int
+    org: str
+    scopes: frozenset[str]
+
+
+def create_token(org: str, *, label=None, scopes=SCOPES, expires_in_days=None) -> tuple[ApiToken, str]:
+    """Store a new token for `org`; return it with its secret, which is never shown again."""
+    _check_org(org)
+    scopes = _check_scopes(scopes)
+    secret = _new_secret()
+    token = ApiToken(
+        org=org,
+        label=label,
+        scopes=list(scopes),
+        secret_hash=hash_secret(secret),
+        prefix=secret[:DISPLAY_PREFIX_LENGTH],
+        expires_at=_expiry(expires_in_days),
+    )
+    db.session.add(token)
+    db.session.commit()
+    log.info("token %s created for org %s", token.id, org)
+    return token, secret
+
+
+def list_tokens(org: str) -> list[ApiToken]:
+    return list(db.session.scalars(sa.select(ApiToken).where(ApiToken.org == org).order_by(ApiToken.id)))
+
+
+def rotate_token(org: str, *, token_id: int | None = None) -> tuple[ApiToken, str]:
+    """Give the org's active token a new secret; the old secret stops working now.
+
+    With several active tokens, `token_id` says which. Raises NotFound or BadRequest.
+    """
+    active = [t for t in list_tokens(org) if _is_active(t)]
+    if token_id is not None:
+        active = [t for t in active if t.id == token_id]
+    if not active:
+        raise NotFound(f"no active token for org '{org}'" + (f" with id {token_id}" if token_id else ""))
+    if len(active) > 1:
+        ids = ", ".join(str(t.id) for t in active)
+        raise BadRequest(f"org '{org}' has several active tokens ({ids}): choose one with --id")
+    token = active[0]
+    secret = _new_secret()
+    token.secret_hash = hash_secret(secret)
+    token.prefix = secret[:DISPLAY_PREFIX_LENGTH]
+    db.session.commit()
+    _forget_cached()
+    log.info("token %s of org %s rotated", token.id, org)
+    return token, secret
+
+
+def revoke_token(token_id: int) -> ApiToken:
+    token = db.session.get(ApiToken, token_id)
+    if token is None:
+        raise NotFound(f"no token with id {token_id}")
+    if token.revoked_at is None:
+        token.revoked_at = sa.func.now()
+        db.session.commit()
+    _forget_cached()
+    log.info("token %s revoked", token_id)
+    return token
+
+
+def delete_org_tokens(org: str) -> int:
+    """Delete every token of `org`; return how many went."""
+    result = db.session.execute(sa.delete(ApiToken).where(ApiToken.org == org))
+    db.session.commit()
+    _forget_cached()
+    return result.rowcount
+
+
+def authenticate(secret: str) -> TokenIdentity:
+    """Check a bearer secret; raise Unauthorized unless it is a live token.
+
+    A process trusts a checked token for `token_cache_seconds` (≤ 60), so a revocation
+    reaches every server process within that time.
+    """
+    if not SECRET_SHAPE.match(secret):
+        raise Unauthorized("malformed bearer token")
+    digest = hash_secret(secret)
+    cache = _cache()
+    now = time.monotonic()
+    hit = cache.get(digest)
+    if hit is not None and hit[0] > now:
+        return hit[1]
+    token = db.session.scalar(sa.select(ApiToken).where(ApiToken.secret_hash == digest))
+    # The lookup is by hash; comparing again in constant time keeps the check honest
+    # whatever the index does.
+    if token is None or not hmac.compare_digest(token.secret_hash, digest):
+        raise Unauthorized("unknown bearer token")
+    if token.revoked_at is not None:
+        raise Unauthorized("this token was revoked")
+    if token.expires_at is not None and token.expires_at <= datetime.now(timezone.utc):
+        raise Unauthorized("this token has expired")
+    identity = TokenIdentity(token.id, token.org, frozenset(token.scopes))
+    db.session.execute(
+        sa.update(ApiToken).where(ApiToken.id == token.id).values(last_used_at=sa.func.now())
+    )
+    db.session.commit()
+    ttl = current_app.config["DACC"].token_cache_seconds
+    if token.expires_at is not None:
+        ttl = min(ttl, (token.expires_at - datetime.now(timezone.utc)).total_seconds())
+    if ttl > 0:
+        cache[digest] = (now + ttl, identity)
+    return identity
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _new_secret() -> str:
+    return SECRET_PREFIX + secrets.token_urlsafe(32)
+
+
+def _is_active(token: ApiToken) -> bool:
+    if token.revoked_at is not None:
+        return False
+    return token.expires_at is None or token.expires_at > datetime.now(timezone.utc)
+
+
+def _expiry(days) -> datetime | None:
+    if days is None:
+        return None
+    if days <= 0:
+        raise BadRequest("expires-in: must be a positive number of days")
+    return datetime.now(timezone.utc) + timedelta(days=days)
+
+
+def _check_org(org: str) -> None:
+    if not org or len(org) > 100:
+        raise BadRequest("org: must be 1 to 100 characters")
+
+
+def _check_scopes(scopes) -> tuple[str, ...]:
+    scopes = tuple(dict.fromkeys(scopes))
+    unknown = [s for s in scopes if s not in SCOPES]
+    if unknown:
+        raise BadRequest(f"scope: unknown scope '{unknown[0]}' (known: {', '.join(SCOPES)})")
+    if not scopes:
+        raise BadRequest("scope: at least one scope is needed")
+    return scopes
+
+
+def _cache() -> dict:
+    return current_app.extensions.setdefault("dacc_token_cache", {})
+
+
+def _forget_cached() -> None:
+    _cache().clear()

@@ -1,0 +1,106 @@
+"""Fixtures: one real PostgreSQL per test session, migrated once, truncated between tests."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import psycopg2
+import pytest
+import sqlalchemy as sa
+from psycopg2 import sql
+
+from dacc import create_app
+from dacc.config import Config, normalise_database_url
+from dacc.db import db
+from dacc.embedded import create_database
+from dacc.migrations_runner import upgrade_to_head
+
+KEEP_TABLES = {"alembic_version"}
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory):
+    """A fresh database: on DATABASE_URL's server when set, else on an embedded one."""
+    external = os.environ.get("DATABASE_URL")
+    if external:
+        admin = normalise_database_url(external).replace("+psycopg2", "", 1)
+        name = f"dacc_test_{uuid.uuid4().hex[:8]}"
+        create_database(admin, name)
+        yield _with_database(normalise_database_url(external), name)
+        _drop_database(admin, name)
+        return
+    import pgserver
+
+    server = pgserver.get_server(tmp_path_factory.mktemp("pgdata"), cleanup_mode="stop")
+    create_database(server.get_uri("postgres"), "dacc_test")
+    yield normalise_database_url(server.get_uri("dacc_test"))
+    server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def session_app(database_url):
+    app = create_app(Config(database_url=database_url, testing=True, source="tests"))
+    with app.app_context():
+        upgrade_to_head()
+    return app
+
+
+@pytest.fixture
+def app(session_app):
+    with session_app.app_context():
+        yield session_app
+        db.session.remove()
+        _truncate_all()
+        session_app.extensions.pop("dacc_token_cache", None)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()
+
+
+@pytest.fixture
+def make_token(app):
+    """make_token(org="org", scopes=...) -> (ApiToken, secret)."""
+    from dacc.tokens import SCOPES, create_token
+
+    def make(org="org", *, scopes=SCOPES, **kwargs):
+        return create_token(org, scopes=scopes, **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def auth_header(make_token):
+    """auth_header(org="org", scopes=...) -> {"Authorization": "Bearer ..."}."""
+
+    def make(org="org", **kwargs):
+        _, secret = make_token(org, **kwargs)
+        return {"Authorization": f"Bearer {secret}"}
+
+    return make
+
+
+def _truncate_all() -> None:
+    tables = [t.name for t in db.metadata.sorted_tables if t.name not in KEEP_TABLES]
+    with db.engine.begin() as conn:
+        conn.execute(sa.text("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE"))
+        conn.execute(sa.text("REFRESH MATERIALIZED VIEW filtered_aggregation"))
+
+
+def _with_database(url: str, name: str) -> str:
+    return str(sa.engine.make_url(url).set(database=name).render_as_string(hide_password=False))
+
+
+def _drop_database(admin_uri: str, name: str) -> None:
+    conn = psycopg2.connect(admin_uri)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    conn.close()

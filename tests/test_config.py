@@ -1,0 +1,116 @@
+"""Config lookup order, DATABASE_URL spellings and one-line errors."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from dacc.config import ConfigError, load_config, normalise_database_url, redact_url
+
+GOOD = """
+database:
+  default: {host: db.example, port: 5433, dbname: dacc, user: dacc, password: "p@ss"}
+  testing: {host: localhost, dbname: dacc_test, user: test}
+logging: {enable: true, logger_criticity: warning}
+"""
+
+
+def test_no_file_and_no_url_means_embedded(tmp_path):
+    config = load_config({}, tmp_path)
+    assert config.embedded
+    assert config.data_dir == str(tmp_path / "instance/pgdata")
+    assert config.source == "defaults"
+
+
+def test_dacc_data_dir_overrides_the_folder(tmp_path):
+    config = load_config({"DACC_DATA_DIR": "/srv/pg"}, tmp_path)
+    assert config.data_dir == "/srv/pg"
+
+
+def test_config_file_in_cwd_builds_a_psycopg2_url(tmp_path):
+    (tmp_path / "config.yml").write_text(GOOD)
+    config = load_config({}, tmp_path)
+    assert config.database_url == "postgresql+psycopg2://dacc:p%40ss@db.example:5433/dacc"
+    assert config.log_level == "WARNING"
+
+
+def test_dacc_env_selects_the_testing_section(tmp_path):
+    (tmp_path / "config.yml").write_text(GOOD)
+    config = load_config({"DACC_ENV": "testing"}, tmp_path)
+    assert config.database_url == "postgresql+psycopg2://test@localhost:5432/dacc_test"
+
+
+def test_dacc_config_wins_over_cwd(tmp_path):
+    (tmp_path / "config.yml").write_text("database: 3")
+    other = tmp_path / "other.yml"
+    other.write_text(GOOD)
+    assert load_config({"DACC_CONFIG": str(other)}, tmp_path).source == str(other)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["postgres://u:p@h/d", "postgresql://u:p@h/d", "postgresql+psycopg2://u:p@h/d"],
+)
+def test_database_url_spellings_map_to_psycopg2(tmp_path, url):
+    config = load_config({"DATABASE_URL": url}, tmp_path)
+    assert config.database_url == "postgresql+psycopg2://u:p@h/d"
+
+
+def test_database_url_overrides_the_file(tmp_path):
+    (tmp_path / "config.yml").write_text(GOOD)
+    config = load_config({"DATABASE_URL": "postgres://x@y/z"}, tmp_path)
+    assert config.database_url == "postgresql+psycopg2://x@y/z"
+
+
+@pytest.mark.parametrize(
+    "text, fault",
+    [
+        ("database: [1, 2", "malformed YAML"),
+        ("- a\n- b\n", "mapping at the top level"),
+        ("database: {default: {host: h, dbname: d}}", "database.default.user"),
+        ("database: {other: {}}", "database.default"),
+        ("database: {default: {host: h, dbname: d, user: u, port: x}}", "port"),
+        ("logging: {logger_criticity: loud}", "logging.logger_criticity"),
+        ("logging: {enable: maybe}", "logging.enable"),
+    ],
+)
+def test_bad_config_names_file_and_key(tmp_path, text, fault):
+    path = tmp_path / "config.yml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config({}, tmp_path)
+    assert str(path) in info.value.message
+    assert fault in info.value.message
+
+
+def test_missing_dacc_config_file_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="not a readable file"):
+        load_config({"DACC_CONFIG": str(tmp_path / "nope.yml")}, tmp_path)
+
+
+def test_unknown_url_scheme_is_refused():
+    with pytest.raises(ConfigError, match="mysql"):
+        normalise_database_url("mysql://a@b/c")
+
+
+def test_redact_url_hides_the_password():
+    assert redact_url("postgresql+psycopg2://u:secret@h/d") == "postgresql+psycopg2://u:***@h/d"
+
+
+def test_malformed_config_makes_the_cli_print_one_line_and_exit_1(tmp_path):
+    path = tmp_path / "broken.yml"
+    path.write_text("database: {default: {host: h}}")
+    env = {**os.environ, "DACC_CONFIG": str(path)}
+    env.pop("DATABASE_URL", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "dacc", "token", "get", "x"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == [f"Error: {path}: missing key 'database.default.dbname'"]

@@ -1,0 +1,47 @@
+"""The migrations and the models describe the same schema."""
+
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from dacc.db import db
+
+
+def test_models_and_migrations_agree(app):
+    with db.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), db.metadata)
+    assert diff == []
+
+
+def test_filtered_view_exists_with_a_unique_index(app):
+    rows = db.session.execute(
+        sa.text("SELECT indexdef FROM pg_indexes WHERE tablename = 'filtered_aggregation'")
+    ).scalars().all()
+    assert any("UNIQUE" in row for row in rows)
+
+
+def test_downgrade_to_base_then_upgrade_again(tmp_path):
+    """On a database of its own, so the shared test database stays intact."""
+    import pgserver
+    from flask_migrate import downgrade, upgrade
+
+    from dacc import create_app
+    from dacc.config import Config
+    from dacc.embedded import create_database
+
+    server = pgserver.get_server(tmp_path / "pg", cleanup_mode="stop")
+    try:
+        create_database(server.get_uri("postgres"), "m")
+        url = server.get_uri("m").replace("postgresql://", "postgresql+psycopg2://")
+        app = create_app(Config(database_url=url, testing=True))
+        with app.app_context():
+            upgrade()
+            assert "raw_measure" in sa.inspect(db.engine).get_table_names()
+            downgrade(revision="base")
+            assert sa.inspect(db.engine).get_table_names() == ["alembic_version"]
+            upgrade()
+            names = set(sa.inspect(db.engine).get_table_names())
+            assert {"aggregate", "api_token", "measure_definition", "raw_measure"} <= names
+            db.engine.dispose()
+    finally:
+        server.cleanup()
