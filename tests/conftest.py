@@ -87,6 +87,32 @@ def auth_header(make_token):
     return make
 
 
+@pytest.fixture
+def make_definition(app):
+    """make_definition(name="m", **columns) -> MeasureDefinition, committed.
+
+    Columns use the model's (snake_case) names; defaults: org "org", created_by None,
+    group1_key "g1", daily period and frequency, threshold 1.
+    """
+    from dacc.models import MeasureDefinition
+
+    def make(name="m", **overrides):
+        values = dict(
+            org="org",
+            group1_key="g1",
+            aggregation_period="day",
+            execution_frequency="day",
+            aggregation_threshold=1,
+        )
+        values.update(overrides)
+        definition = MeasureDefinition(name=name, **values)
+        db.session.add(definition)
+        db.session.commit()
+        return definition
+
+    return make
+
+
 def _truncate_all() -> None:
     tables = [t.name for t in db.metadata.sorted_tables if t.name not in KEEP_TABLES]
     with db.engine.begin() as conn:
