@@ -167,6 +167,10 @@ def _read_dacc_section(section, where: str, values: dict) -> None:
         if not isinstance(timeout, int) or timeout < 0:
             raise ConfigError(f"{where}: 'dacc.statement_timeout_ms' must be an integer ≥ 0")
         values["statement_timeout_ms"] = timeout
+    if "bench_endpoints" in section:
+        if not isinstance(section["bench_endpoints"], bool):
+            raise ConfigError(f"{where}: 'dacc.bench_endpoints' must be true or false")
+        values["bench_endpoints"] = section["bench_endpoints"]
 
 
 def normalise_database_url(url: str, where: str = "database URL") -> str:

@@ -114,3 +114,18 @@ def test_malformed_config_makes_the_cli_print_one_line_and_exit_1(tmp_path):
     assert result.returncode == 1
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines == [f"Error: {path}: missing key 'database.default.dbname'"]
+
+
+def test_bench_endpoints_are_off_by_default_and_on_only_when_set(tmp_path):
+    assert load_config({}, tmp_path).bench_endpoints is False
+    (tmp_path / "config.yml").write_text("dacc: {bench_endpoints: true}")
+    assert load_config({}, tmp_path).bench_endpoints is True
+
+
+@pytest.mark.parametrize("value", ["'true'", "1", "[true]"])
+def test_bench_endpoints_must_be_a_boolean(tmp_path, value):
+    path = tmp_path / "config.yml"
+    path.write_text(f"dacc: {{bench_endpoints: {value}}}")
+    with pytest.raises(ConfigError) as info:
+        load_config({}, tmp_path)
+    assert info.value.message == f"{path}: 'dacc.bench_endpoints' must be true or false"
