@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 
 import psycopg2
+import psycopg2.errors
 from psycopg2 import sql
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,11 @@ def create_database(admin_uri: str, database: str) -> bool:
             cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,))
             if cur.fetchone():
                 return False
-            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+            try:
+                cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+            except (psycopg2.errors.DuplicateDatabase, psycopg2.errors.UniqueViolation):
+                # Another process (a second gunicorn worker) created it first.
+                return False
             return True
     finally:
         conn.close()
