@@ -53,6 +53,7 @@ def app(session_app):
         db.session.remove()
         _truncate_all()
         session_app.extensions.pop("dacc_token_cache", None)
+        session_app.extensions.pop("dacc_definition_cache", None)
 
 
 @pytest.fixture
