@@ -1,0 +1,273 @@
+"""Purge of raw measures that are aggregated and older than their retention."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+
+import sqlalchemy as sa
+from sqlalchemy.exc import SQLAlchemyError
+
+from dacc.aggregation.snapshot import SEEN_BY_LAST_RUN
+from dacc.db import db
+from dacc.errors import BadRequest, NotFound
+from dacc.models import MeasureDefinition
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RETENTION_DAYS = 90
+"""Cozy's DACC default, used when neither -d nor the definition says otherwise."""
+BATCH_SIZE = 50_000
+"""Rows per delete transaction: short enough that ingestion never waits on a purge."""
+
+
+@dataclasses.dataclass
+class PurgeResult:
+    """What a purge did to one measure."""
+
+    measure_name: str
+    days: int
+    """Effective age limit: the quartile guard may have raised the one asked for."""
+    cutoff: datetime | None = None
+    """Raw measures ingested (last_updated) before this instant were candidates."""
+    candidates: int = 0
+    deleted: int = 0
+    stamped: int = 0
+    """Aggregates (plain and wildcard cells) whose last_raw_measures_purged was set."""
+    not_aggregated: int = 0
+    """Candidates not aggregated yet; when > 0 nothing was deleted."""
+    error: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def refused(self) -> bool:
+        return self.not_aggregated > 0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and not self.refused
+
+    @property
+    def status(self) -> str:
+        if self.error:
+            return f"failed: {self.error}"
+        if self.refused:
+            return f"refused: {self.not_aggregated} raw measure(s) not aggregated yet"
+        return "purged" if self.deleted else "nothing to purge"
+
+
+ProgressCallback = Callable[[PurgeResult], None]
+
+# Raw measures a purge may delete: past the cut-off and already counted by the last
+# aggregation run. Written with SEEN_BY_LAST_RUN so that it can never differ from the
+# engine's own notion of "aggregated".
+_CANDIDATES = f"""
+SELECT count(*) AS candidates,
+       count(*) FILTER (WHERE s.measure_name IS NULL OR NOT ({SEEN_BY_LAST_RUN})) AS unseen
+FROM raw_measure r
+LEFT JOIN aggregation_state s ON s.measure_name = r.measure_name
+WHERE r.measure_name = :name AND r.last_updated < :cutoff
+"""
+
+# Held until the batch commits: delete-aggregations-from-date (which moves rebuild_from,
+# making rows "unseen" again) waits for it, and a batch that starts after it sees the
+# new value, so no batch deletes a row a rebuild is about to re-read.
+_LOCK_STATE = "SELECT 1 FROM aggregation_state WHERE measure_name = :name FOR SHARE"
+
+# One batch, one statement, one transaction: delete up to :batch aggregated rows past
+# the cut-off, and stamp every aggregate cell that held one of them (its own cell and
+# the wildcard rows {key: "*"} covering it) so that the engine knows the cell can no
+# longer be recomputed from raw rows.
+# - `batch` walks ix_raw_measure_name_last_updated in order from where the previous
+#   batch stopped (keyset), so no batch re-walks what earlier ones deleted and nothing
+#   is sorted; ties on last_updated are re-read with >=, already-deleted ones are
+#   invisible. The SEEN filter comes after the LIMIT so that the planner's estimate of
+#   it cannot push it off that index.
+# - The delete goes by ctid (a TID scan): no join against the whole table.
+# - :purged_at is the same for every batch of a run, so a cell is stamped once per run.
+_DELETE_BATCH = f"""
+WITH batch AS (
+    SELECT ctid, last_updated, start_date, txid
+    FROM raw_measure
+    WHERE measure_name = :name
+      AND last_updated >= CAST(:after_ts AS timestamptz)
+      AND last_updated < :cutoff
+    ORDER BY last_updated
+    LIMIT :batch
+), doomed AS (
+    SELECT r.ctid
+    FROM batch r
+    JOIN aggregation_state s ON s.measure_name = :name
+    WHERE {SEEN_BY_LAST_RUN}
+), gone AS (
+    DELETE FROM raw_measure
+    WHERE ctid = ANY (ARRAY(SELECT ctid FROM doomed))
+      AND measure_name = :name
+    RETURNING start_date, created_by, group1, group2, group3
+), cells AS (
+    SELECT DISTINCT date_trunc(:period, start_date) AS start_date,
+           created_by, group1, group2, group3
+    FROM gone
+), stamped AS (
+    UPDATE aggregate a
+    SET last_raw_measures_purged = :purged_at
+    FROM cells c
+    WHERE a.measure_name = :name
+      AND a.start_date = c.start_date
+      AND a.created_by = c.created_by
+      AND (a.group1 IS NOT DISTINCT FROM c.group1 OR a.group1 = CAST(:wild1 AS jsonb))
+      AND (a.group2 IS NOT DISTINCT FROM c.group2 OR a.group2 = CAST(:wild2 AS jsonb))
+      AND (a.group3 IS NOT DISTINCT FROM c.group3 OR a.group3 = CAST(:wild3 AS jsonb))
+      AND a.last_raw_measures_purged IS DISTINCT FROM :purged_at
+    RETURNING a.id
+)
+SELECT (SELECT count(*) FROM batch) AS selected,
+       (SELECT count(*) FROM gone) AS deleted,
+       (SELECT count(*) FROM stamped) AS stamped,
+       (SELECT max(last_updated) FROM batch) AS last_ts
+"""
+
+
+def purge_raw_measures(
+    definition: MeasureDefinition | str,
+    *,
+    days: int | None = None,
+    batch_size: int = BATCH_SIZE,
+    on_batch: ProgressCallback | None = None,
+) -> PurgeResult:
+    """Delete the raw measures of `definition` ingested more than `days` days ago.
+
+    `days` defaults to the definition's raw_retention_days, else 90; with quartiles it
+    is raised to max_days_to_update_quartile. If any raw measure past the cut-off is not
+    aggregated yet, nothing is deleted and the result is `refused`. Otherwise rows go in
+    batches of `batch_size`, each one transaction that also stamps the aggregates that
+    lost rows; a purge stopped between batches leaves a consistent state and a re-run
+    finishes it. measureId tombstones (measure_key) are never touched. `on_batch` is
+    called with the running result after each committed batch.
+    Raises NotFound for an unknown name, BadRequest for days < 1.
+    """
+    started = time.monotonic()
+    definition = _definition(definition)
+    result = PurgeResult(definition.name, _effective_days(definition, days))
+    params = {
+        "name": definition.name,
+        "period": definition.aggregation_period,
+        "batch": batch_size,
+        "after_ts": datetime.min.replace(tzinfo=timezone.utc),
+        **_wildcards(definition),
+    }
+    _lift_statement_timeout()
+    params["purged_at"], params["cutoff"] = _clock(result.days)
+    counts = db.session.execute(sa.text(_CANDIDATES), params).one()
+    db.session.commit()
+    result.cutoff = params["cutoff"]
+    result.candidates, result.not_aggregated = counts.candidates, counts.unseen
+    if result.refused:
+        log.warning("purge %s: %s", result.measure_name, result.status)
+        result.seconds = time.monotonic() - started
+        return result
+    while True:
+        batch = _delete_batch(params)
+        result.deleted += batch.deleted
+        result.stamped += batch.stamped
+        if batch.deleted and on_batch:
+            on_batch(result)
+        # A short batch reached the cut-off; an empty delete means that only rows
+        # that became unaggregated since the guard remain (a rebuild): leave them.
+        if batch.selected < batch_size or batch.deleted == 0:
+            break
+        params["after_ts"] = batch.last_ts
+    result.seconds = time.monotonic() - started
+    log.info(
+        "purge %s: %d rows deleted, %d aggregates stamped in %.1f s",
+        result.measure_name, result.deleted, result.stamped, result.seconds,
+    )
+    return result
+
+
+def purge_all_measures(
+    *,
+    days: int | None = None,
+    batch_size: int = BATCH_SIZE,
+    on_batch: ProgressCallback | None = None,
+) -> list[PurgeResult]:
+    """Purge every measure, each by its own retention unless `days` is given.
+
+    Measures are independent: a database error on one is recorded in its result
+    (`error`) and the others still run. Commits per batch, as purge_raw_measures.
+    """
+    if days is not None:
+        _check_days(days)
+    names = db.session.scalars(sa.select(MeasureDefinition.name).order_by(MeasureDefinition.name))
+    results = []
+    for name in names.all():
+        try:
+            results.append(
+                purge_raw_measures(name, days=days, batch_size=batch_size, on_batch=on_batch)
+            )
+        except SQLAlchemyError as exc:
+            db.session.rollback()
+            log.exception("purge %s failed", name)
+            results.append(PurgeResult(name, days or 0, error=type(exc).__name__))
+    return results
+
+
+def _definition(definition: MeasureDefinition | str) -> MeasureDefinition:
+    if isinstance(definition, MeasureDefinition):
+        return definition
+    found = db.session.scalar(sa.select(MeasureDefinition).filter_by(name=definition))
+    if found is None:
+        raise NotFound(f"measure '{definition}': no such definition")
+    return found
+
+
+def _check_days(days) -> None:
+    if isinstance(days, bool) or not isinstance(days, int) or days < 1:
+        raise BadRequest("days: must be an integer >= 1")
+
+
+def _effective_days(definition: MeasureDefinition, days: int | None) -> int:
+    if days is None:
+        days = definition.raw_retention_days or DEFAULT_RETENTION_DAYS
+    _check_days(days)
+    # Quartiles are recomputed from raw rows for max_days_to_update_quartile days:
+    # those rows must outlive any shorter retention.
+    if definition.with_quartiles:
+        days = max(days, definition.max_days_to_update_quartile)
+    return days
+
+
+def _clock(days: int) -> tuple[datetime, datetime]:
+    """The database's now() and the cut-off, fixed once for the whole run."""
+    row = db.session.execute(
+        sa.text("SELECT now() AS now, now() - make_interval(days => :days) AS cutoff"),
+        {"days": days},
+    ).one()
+    return row.now, row.cutoff
+
+
+def _wildcards(definition: MeasureDefinition) -> dict[str, str | None]:
+    """The JSON of each group's wildcard cell ({key: "*"}), as bound parameters."""
+    keys = (definition.group1_key, definition.group2_key, definition.group3_key)
+    return {f"wild{i}": json.dumps({key: "*"}) if key else None for i, key in enumerate(keys, 1)}
+
+
+def _lift_statement_timeout() -> None:
+    """For the current transaction: a purge is no web request, its scans may be long."""
+    db.session.execute(sa.text("SET LOCAL statement_timeout = 0"))
+
+
+def _delete_batch(params: dict):
+    _lift_statement_timeout()
+    try:
+        db.session.execute(sa.text(_LOCK_STATE), {"name": params["name"]})
+        batch = db.session.execute(sa.text(_DELETE_BATCH), params).one()
+    except BaseException:
+        db.session.rollback()
+        raise
+    db.session.commit()
+    return batch
