@@ -1,0 +1,1 @@
+"""Release, version and benchmark helpers (run as scripts or `python -m scripts.NAME`)."""

@@ -1,0 +1,838 @@
+"""Benchmark: ingestion, aggregation, restitution and purge, each against its ceiling.
+
+    python scripts/bench.py [--quick] [--json FILE] [--only SECTION ...]
+
+Starts its own PostgreSQL (embedded pgserver in a temporary folder, or a throw-away
+database on DATABASE_URL's server), migrates it, loads definitions and tokens, serves
+the app with gunicorn on a free loopback port, and measures every figure next to a
+ceiling taken in the same run. Prints a markdown table; `--json FILE` writes the same
+figures. See docs/PERFORMANCE.md for the figures and what limits each one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime as dt
+import http.client
+import importlib
+import io
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import sqlalchemy as sa  # noqa: E402
+
+from scripts import loadgen  # noqa: E402
+
+SECTIONS = ("single", "bulk", "aggregation", "restitution", "purge")
+FULL = dict(
+    single=20_000,  # requests per endpoint and concurrency
+    bulk_bodies=20,  # POST /measures bodies of 10,000 items
+    agg_rows=1_000_000,
+    agg_quartile_rows=100_000,
+    agg_small_rows=100_000,  # peak RSS at this size, compared with agg_rows
+    agg_incremental=10_000,
+    rest_requests=2_000,
+    rest_long_requests=100,
+    purge_rows=1_000_000,
+)
+QUICK = {k: max(1, v // 10) for k, v in FULL.items()}
+QUICK_CAP_SECONDS = 1.5
+BULK_ITEMS = 10_000
+PG_SETTINGS = {
+    # 2 cores, 24 GB shared with other work: modest memory, no fsync shortcuts.
+    "shared_buffers": "1GB",
+    "effective_cache_size": "4GB",
+    "work_mem": "64MB",
+    "maintenance_work_mem": "256MB",
+    "max_wal_size": "4GB",
+    "checkpoint_timeout": "15min",
+    "wal_compression": "on",
+    "jit": "off",
+}
+SHOWN_SETTINGS = (*PG_SETTINGS, "synchronous_commit", "fsync", "max_connections", "server_version")
+
+
+class Unavailable(Exception):
+    """The feature a section measures has not landed yet."""
+
+
+@dataclasses.dataclass
+class Figure:
+    section: str
+    name: str
+    value: float | None
+    unit: str = ""
+    ceiling: float | None = None
+    target: str = ""
+    """`ratio>=0.6`, `ratio<=1.5`, `value<=20` or `value>=200000`; empty for context."""
+    note: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        if self.value is None or not self.ceiling:
+            return None
+        return self.value / self.ceiling
+
+    @property
+    def status(self) -> str:
+        if not self.target or self.value is None:
+            return ""
+        subject, op, limit = _parse_target(self.target)
+        measured = self.ratio if subject == "ratio" else self.value
+        if measured is None:
+            return ""
+        ok = measured >= limit if op == ">=" else measured <= limit
+        return "pass" if ok else "MISS"
+
+    def as_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "ratio": self.ratio, "status": self.status}
+
+
+def _parse_target(target: str) -> tuple[str, str, float]:
+    for op in (">=", "<="):
+        if op in target:
+            subject, limit = target.split(op)
+            return subject, op, float(limit)
+    raise ValueError(target)
+
+
+# ---------------------------------------------------------------- environment
+
+
+class Environment:
+    """The database, the app (in this process, for set-up) and gunicorn (for load)."""
+
+    def __init__(self, args, stack: contextlib.ExitStack):
+        self.args = args
+        self.sizes = QUICK if args.quick else FULL
+        self.cap = QUICK_CAP_SECONDS if args.quick else 600.0
+        """Longest load run: keeps --quick under a minute on a slow disk."""
+        self.tmp = Path(tempfile.mkdtemp(prefix="dacc-bench-"))
+        if not args.keep:
+            stack.callback(shutil.rmtree, self.tmp, ignore_errors=True)
+        self.url, self.tuned = stack.enter_context(_database(self.tmp, restart=not args.quick))
+        self.app = _make_app(self.url)
+        stack.enter_context(self.app.app_context())
+        from dacc.migrations_runner import upgrade_to_head
+
+        upgrade_to_head()
+        self.tokens = _create_tokens()
+        self.config_file = self.tmp / "config.yml"
+        self.config_file.write_text(
+            "logging: {enable: true, logger_criticity: WARNING}\n"
+            "dacc: {bench_endpoints: true, token_cache_seconds: 60}\n"
+        )
+        self.env = {**os.environ, "DATABASE_URL": self.url, "DACC_CONFIG": str(self.config_file), "FLASK_APP": "dacc"}
+        self.port = stack.enter_context(_gunicorn(self, args))
+
+    def has_route(self, path: str, method: str) -> bool:
+        return any(r.rule == path and method in r.methods for r in self.app.url_map.iter_rules())
+
+    def execute(self, statement: str, params: dict | None = None, *, commit=True):
+        from dacc.db import db
+
+        result = db.session.execute(sa.text(statement), params or {})
+        if commit:
+            db.session.commit()
+        return result
+
+    def rollback(self) -> None:
+        from dacc.db import db
+
+        db.session.rollback()
+
+    def vacuum(self, table: str = "raw_measure") -> None:
+        """VACUUM ANALYZE so that scans after a bulk load compare fairly (hint bits set)."""
+        from dacc.db import db
+
+        assert table in ("raw_measure", "aggregate")  # identifier from a fixed list
+        with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(sa.text(f"VACUUM (ANALYZE) {table}"))
+
+    def add_definition(self, name: str, **columns):
+        from dacc.db import db
+        from dacc.models import MeasureDefinition
+
+        values = dict(
+            org="bench",
+            created_by="bench",
+            group1_key="g1",
+            aggregation_period="day",
+            execution_frequency="day",
+            aggregation_threshold=1,
+        )
+        values.update(columns)
+        definition = MeasureDefinition(name=name, **values)
+        db.session.add(definition)
+        db.session.commit()
+        return definition
+
+
+def _make_app(url: str):
+    from dacc import create_app
+    from dacc.config import Config
+
+    # No statement timeout: the set-up loads millions of rows in one statement.
+    return create_app(Config(database_url=url, source="bench", log_level="WARNING", statement_timeout_ms=0))
+
+
+def _create_tokens() -> dict[str, str]:
+    from dacc.tokens import create_token
+
+    _, write = create_token("bench", label="bench writer", scopes=["measure:write"])
+    _, read = create_token("bench", label="bench reader", scopes=["aggregate:read"])
+    return {"write": f"Bearer {write}", "read": f"Bearer {read}"}
+
+
+@contextlib.contextmanager
+def _database(tmp: Path, *, restart: bool):
+    """(url, tuned) of a throw-away database: DATABASE_URL's server, or an embedded one.
+
+    The embedded one is tuned; without `restart` (--quick) only the settings that a
+    reload applies take effect (not shared_buffers), which saves a restart."""
+    from dacc.config import normalise_database_url
+    from dacc.embedded import create_database
+
+    external = os.environ.get("DATABASE_URL")
+    if external:
+        url = sa.engine.make_url(normalise_database_url(external))
+        name = f"dacc_bench_{uuid.uuid4().hex[:8]}"
+        admin = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        create_database(admin, name)
+        try:
+            yield url.set(database=name).render_as_string(hide_password=False), False
+        finally:
+            _drop_database(admin, name)
+        return
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pgserver
+
+    pgdata = tmp / "pgdata"
+    server = pgserver.get_server(pgdata, cleanup_mode="stop")
+    _tune(server.get_uri("postgres"))
+    if restart:  # shared_buffers needs one
+        server.cleanup()
+        server = pgserver.get_server(pgdata, cleanup_mode="stop")
+    try:
+        create_database(server.get_uri("postgres"), "dacc")
+        yield normalise_database_url(server.get_uri("dacc")), True
+    finally:
+        server.cleanup()
+
+
+def _tune(admin_uri: str) -> None:
+    import psycopg2
+
+    conn = psycopg2.connect(admin_uri)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        for name, value in PG_SETTINGS.items():
+            # ALTER SYSTEM takes no bound parameters; names and values are constants above.
+            cur.execute(f"ALTER SYSTEM SET {name} = '{value}'")
+        cur.execute("SELECT pg_reload_conf()")
+    conn.close()
+
+
+def _drop_database(admin_uri: str, name: str) -> None:
+    import psycopg2
+    from psycopg2 import sql
+
+    conn = psycopg2.connect(admin_uri)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    conn.close()
+
+
+@contextlib.contextmanager
+def _gunicorn(env: Environment, args):
+    """Serve the app on a free loopback port; yield the port, stop gunicorn after."""
+    listener = socket.create_server((loadgen.HOST, 0))
+    listener.set_inheritable(True)
+    port = listener.getsockname()[1]
+    log = open(env.tmp / "gunicorn.log", "wb")
+    command = [
+        sys.executable, "-m", "gunicorn",
+        "--bind", f"fd://{listener.fileno()}",
+        "--worker-class", args.worker_class,
+        "--workers", str(args.workers),
+        "--threads", str(args.threads),
+        "--keep-alive", "75",
+        "--log-level", "warning",
+        "dacc:create_app()",
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command, env=env.env, cwd=env.tmp, stdout=log, stderr=subprocess.STDOUT, pass_fds=(listener.fileno(),)
+    )
+    try:
+        _wait_for_status(port, process, env.tmp / "gunicorn.log")
+        yield port
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        listener.close()
+        log.close()
+
+
+def _wait_for_status(port: int, process, log_path: Path, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"gunicorn exited ({process.returncode}):\n{log_path.read_text()[-3000:]}")
+        try:
+            conn = http.client.HTTPConnection(loadgen.HOST, port, timeout=5)
+            conn.request("GET", "/status")
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"gunicorn did not answer /status within {timeout:.0f} s")
+
+
+def _settings(env: Environment) -> dict[str, str]:
+    rows = env.execute(
+        "SELECT name, setting, unit FROM pg_settings WHERE name = ANY(:names)",
+        {"names": list(SHOWN_SETTINGS)},
+    )
+    return {name: f"{setting}{' × ' + unit if unit else ''}" for name, setting, unit in rows}
+
+
+def _machine() -> dict:
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+        platform.processor(),
+    )
+    mem = next(line.split()[1] for line in open("/proc/meminfo") if line.startswith("MemTotal"))
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(int(mem) / 1024**2, 1),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "python": platform.python_version(),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+# ---------------------------------------------------------------- data
+
+
+def measure_body(name: str, i: int, *, start: dt.date = dt.date(2023, 1, 1)) -> dict:
+    return {
+        "measureName": name,
+        "value": (i * 37) % 101 + (i % 4) / 4,
+        "startDate": (start + dt.timedelta(days=i % 30)).isoformat() + "T00:00:00",
+        "createdBy": "bench",
+        "group1": {"g1": "abcd"[i % 4]},
+    }
+
+
+def _ensure_single_definition(env: Environment) -> None:
+    """The measure that POST /measure(s) write to, shared by the sections."""
+    if not env.execute("SELECT 1 FROM measure_definition WHERE name = 'bench.single'").first():
+        env.add_definition("bench.single")
+
+
+def generate_raw(env: Environment, name: str, rows: int, *, start: dt.date, days: int, groups: int = 4, group2: int = 0):
+    """Insert `rows` raw measures in one set-based statement: every (day, group) cell gets
+    the same number of rows, values cycle over 0..100; ingested (last_updated) on their
+    start date, so that a purge sees them as old."""
+    cells = groups * max(group2, 1)
+    group2_sql = "jsonb_build_object('g2', 'w' || ((i / :groups) % :group2))" if group2 else "NULL"
+    env.execute(
+        "INSERT INTO raw_measure (measure_name, value, start_date, created_by, group1, group2, last_updated)"
+        " SELECT :name, (i * 37) % 101, day, 'bench', jsonb_build_object('g1', 'v' || (i % :groups)),"
+        f" {group2_sql}, day"
+        " FROM generate_series(0, :rows - 1) AS i,"
+        " LATERAL (SELECT CAST(:start AS timestamp) + ((i / :cells) % :days) * interval '1 day' AS day) AS d",
+        {"name": name, "start": start, "cells": cells, "days": days, "groups": groups, "group2": group2 or 1, "rows": rows},
+    )
+
+
+# ---------------------------------------------------------------- sections
+
+
+def section_single(env: Environment) -> list[Figure]:
+    if not env.has_route("/measure", "POST"):
+        raise Unavailable("POST /measure")
+    _ensure_single_definition(env)
+    count = env.sizes["single"]
+    bodies = [json.dumps(measure_body("bench.single", i)).encode() for i in range(1000)]
+    headers = {"Authorization": env.tokens["write"]}
+    real = [loadgen.build_request("POST", "/measure", body=b, headers=headers) for b in bodies]
+    trivial = [loadgen.build_request("POST", "/_bench/insert", body=b, headers=headers) for b in bodies]
+    for requests in (trivial, real):  # warm every worker: token cache, pools, imports
+        _load(env, requests, total=200, connections=8)
+    figures = []
+    for connections in (1, 8):
+        ceiling = _load(env, trivial, total=count, connections=connections)
+        result = _load(env, real, total=count, connections=connections)
+        label = f"{connections} conn"
+        figures += [
+            Figure("single", f"POST /measure rate, {label}", result.rate, "measures/s", ceiling.rate, "ratio>=0.6",
+                   f"ceiling: POST /_bench/insert (one INSERT); generator {result.cpu_share:.2f} cores"),
+            Figure("single", f"POST /measure p50, {label}", result.percentile(50), "ms", ceiling.percentile(50)),
+            Figure("single", f"POST /measure p99, {label}", result.percentile(99), "ms", ceiling.percentile(99),
+                   "value<=20" if connections == 8 else ""),
+        ]  # fmt: skip
+    alone = loadgen.generator_ceiling(real, total=count, connections=8, timeout=env.cap)
+    figures.append(
+        Figure("single", "load generator alone, 8 conn", alone.rate, "requests/s", ceiling.rate,
+               note="canned-reply server; ceiling column: the trivial endpoint's rate")
+    )  # fmt: skip
+    return figures
+
+
+def section_bulk(env: Environment) -> list[Figure]:
+    if not env.has_route("/measures", "POST"):
+        raise Unavailable("POST /measures")
+    _ensure_single_definition(env)
+    bodies = [
+        [measure_body("bench.single", b * BULK_ITEMS + i) for i in range(BULK_ITEMS)]
+        for b in range(env.sizes["bulk_bodies"])
+    ]
+    headers = {"Authorization": env.tokens["write"]}
+    requests = [loadgen.build_request("POST", "/measures", body=json.dumps(b).encode(), headers=headers) for b in bodies]
+    _load(env, requests[:1], total=2, connections=2)  # warm both workers
+    result = _load(env, requests, total=len(requests), connections=1)
+    measures = len(requests) * BULK_ITEMS
+    copy_seconds = _copy_rows(env, bodies)
+    return [
+        Figure("bulk", f"POST /measures, {BULK_ITEMS:,}-item bodies, 1 conn", measures / result.elapsed, "measures/s",
+               measures / copy_seconds, "ratio>=0.3", "ceiling: COPY of the same rows, one transaction per body"),
+        Figure("bulk", "POST /measures p50 per body", result.percentile(50), "ms", copy_seconds / len(bodies) * 1000),
+    ]  # fmt: skip
+
+
+def _copy_rows(env: Environment, bodies: list[list[dict]]) -> float:
+    """Seconds to COPY the bodies' rows into raw_measure, one transaction per body."""
+    from dacc.db import db
+
+    buffers = []
+    for body in bodies:
+        lines = (
+            f"{m['measureName']}\t{m['value']}\t{m['startDate']}\t{m['createdBy']}\t{json.dumps(m['group1'])}\n"
+            for m in body
+        )
+        buffers.append("".join(lines))
+    raw = db.engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        start = time.perf_counter()
+        for text in buffers:
+            cursor.copy_expert(
+                "COPY raw_measure (measure_name, value, start_date, created_by, group1) FROM STDIN", io.StringIO(text)
+            )
+            raw.commit()
+        return time.perf_counter() - start
+    finally:
+        raw.close()
+
+
+def _load(env: Environment, requests, **kwargs) -> loadgen.LoadResult:
+    result = loadgen.run_load(env.port, requests, timeout=env.cap, **kwargs)
+    if result.failures:
+        raise RuntimeError(f"{result.failures} failed requests: {dict(result.statuses)}")
+    return result
+
+
+def _compute():
+    try:
+        module = importlib.import_module("dacc.aggregation.compute")
+    except ImportError:
+        raise Unavailable("dacc.aggregation.compute") from None
+    if not hasattr(module, "compute_aggregation"):
+        raise Unavailable("compute_aggregation()")
+    return module.compute_aggregation
+
+
+CEILING_SQL = """
+INSERT INTO bench_ceiling
+SELECT measure_name, date_trunc('day', start_date), created_by, group1, group2, group3,
+       count(*), count(*) FILTER (WHERE value <> 0), sum(value), sum(value * value),
+       min(value), max(value), avg(value), coalesce(stddev_samp(value), 0) {quartiles}
+FROM raw_measure WHERE measure_name = :name
+GROUP BY 1, 2, 3, 4, 5, 6
+"""
+QUARTILES_SQL = ", percentile_cont(ARRAY[0.25, 0.5, 0.75]) WITHIN GROUP (ORDER BY value)"
+
+
+def _ceiling_seconds(env: Environment, name: str, *, quartiles: bool) -> float:
+    """Time the bare GROUP BY with the same statistics, into a throw-away table."""
+    env.execute("DROP TABLE IF EXISTS bench_ceiling")
+    env.execute(
+        "CREATE UNLOGGED TABLE bench_ceiling (measure_name text, start_date timestamp, created_by text,"
+        " group1 jsonb, group2 jsonb, group3 jsonb, count bigint, count_not_zero bigint, sum numeric,"
+        " sum_squares numeric, min numeric, max numeric, avg numeric, std numeric, quartiles float8[])"
+    )
+    start = time.perf_counter()
+    env.execute(CEILING_SQL.format(quartiles=QUARTILES_SQL if quartiles else ", NULL"), {"name": name})
+    return time.perf_counter() - start
+
+
+def _timed_compute(env: Environment, definition, *, expect: int | None = None) -> float:
+    """Seconds of one in-process run (as `compute-aggregation NAME --force` does it)."""
+    compute = _compute()
+    start = time.perf_counter()
+    result = compute(definition, force=True)
+    seconds = time.perf_counter() - start
+    raw_read = getattr(result, "raw_read", None)
+    if expect is not None and raw_read is not None and raw_read != expect:
+        raise RuntimeError(f"aggregation of {definition.name} read {raw_read} raw measures, expected {expect}")
+    return seconds
+
+
+def _fresh_compute(env: Environment, definition, rows: int) -> float:
+    """A full run: forget the measure's aggregates and state first (--force only skips
+    the schedule; it does not re-read what was aggregated)."""
+    _reset_aggregates(env, definition.name)
+    return _timed_compute(env, definition, expect=rows)
+
+
+def _reset_aggregates(env: Environment, name: str) -> None:
+    env.execute("DELETE FROM aggregate WHERE measure_name = :name", {"name": name})
+    env.execute("DELETE FROM aggregation_state WHERE measure_name = :name", {"name": name})
+
+
+def _aggregated_count(env: Environment, name: str) -> int:
+    return env.execute("SELECT coalesce(sum(count), 0) FROM aggregate WHERE measure_name = :name", {"name": name}).scalar()
+
+
+def _best(n: int, run) -> float:
+    return min(run() for _ in range(n))
+
+
+def section_aggregation(env: Environment) -> list[Figure]:
+    _compute()
+    sizes = env.sizes
+    start = dt.date(2023, 1, 1)
+    big = env.add_definition("bench.agg")
+    quart = env.add_definition("bench.agg_q", with_quartiles=True)
+    small = env.add_definition("bench.agg_small")
+    generate_raw(env, big.name, sizes["agg_rows"], start=start, days=30)
+    generate_raw(env, quart.name, sizes["agg_quartile_rows"], start=start, days=30)
+    generate_raw(env, small.name, sizes["agg_small_rows"], start=start, days=30)
+    env.vacuum()
+
+    figures = []
+    for definition, rows, quartiles in ((big, sizes["agg_rows"], False), (quart, sizes["agg_quartile_rows"], True)):
+        ceiling = _best(2, lambda: _ceiling_seconds(env, definition.name, quartiles=quartiles))
+        full = _best(2, lambda: _fresh_compute(env, definition, rows))
+        label = "quartiles on" if quartiles else "quartiles off"
+        figures.append(
+            Figure("aggregation", f"compute-aggregation --force, {rows:,} rows, {label}", full, "s", ceiling,
+                   "ratio<=1.5", "ceiling: bare INSERT … SELECT … GROUP BY; best of 2")
+        )  # fmt: skip
+        if not quartiles:
+            full_big = full
+    generate_raw(env, big.name, sizes["agg_incremental"], start=start + dt.timedelta(days=29), days=1)
+    incremental = _timed_compute(env, big, expect=sizes["agg_incremental"])
+    figures.append(
+        Figure("aggregation", f"incremental {sizes['agg_incremental']:,} on {sizes['agg_rows']:,}", incremental, "s",
+               full_big, "ratio<=0.05", "ceiling column: the full run above")
+    )  # fmt: skip
+    rss_small, _ = _aggregation_rss(env, small.name, sizes["agg_small_rows"])
+    rss_big, seconds = _aggregation_rss(env, big.name, sizes["agg_rows"] + sizes["agg_incremental"])
+    figures += [
+        Figure("memory", f"compute-aggregation peak RSS, {sizes['agg_rows']:,} rows", rss_big, "MiB", rss_small,
+               "ratio<=1.2", f"ceiling column: peak RSS at {sizes['agg_small_rows']:,} rows"),
+        Figure("memory", "compute-aggregation command wall time (process start included)", seconds, "s"),
+    ]  # fmt: skip
+    return figures
+
+
+def _aggregation_rss(env: Environment, name: str, rows: int) -> tuple[float, float]:
+    """(peak RSS in MiB, seconds) of a full `flask compute-aggregation NAME --force`."""
+    _reset_aggregates(env, name)
+    rss, seconds = _command_rss(env, "compute-aggregation", name, "--force")
+    if _aggregated_count(env, name) != rows:
+        raise RuntimeError(f"compute-aggregation {name} did not aggregate its {rows} raw measures")
+    return rss, seconds
+
+
+def _command_rss(env: Environment, *command: str) -> tuple[float, float]:
+    """(peak RSS in MiB, seconds) of one `flask` command run as a child process."""
+    start = time.perf_counter()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flask", "--app", "dacc", *command],
+        env=env.env,
+        cwd=env.tmp,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    output = process.stdout.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    seconds = time.perf_counter() - start
+    if process.returncode != 0:
+        raise RuntimeError(f"flask {' '.join(command)} exited {process.returncode}: {output.decode()[-2000:]}")
+    return usage.ru_maxrss / 1024, seconds
+
+
+def section_restitution(env: Environment) -> list[Figure]:
+    if not env.has_route("/aggregate", "POST"):
+        raise Unavailable("POST /aggregate")
+    _compute()
+    today = dt.date.today()
+    days = 3 * 365
+    definition = env.add_definition("bench.rest", group2_key="g2", aggregation_threshold=5)
+    generate_raw(env, definition.name, days * 20 * 5, start=today - dt.timedelta(days=days), days=days, groups=5, group2=4)
+    env.vacuum()
+    _fresh_compute(env, definition, days * 20 * 5)
+    _refresh_view(env)
+
+    headers = {"Authorization": env.tokens["read"]}
+
+    def request(path, since):
+        body = {"measureName": definition.name, "startDate": since.isoformat(), "endDate": today.isoformat()}
+        return [loadgen.build_request("POST", path, body=json.dumps(body).encode(), headers=headers)]
+
+    month = request("/aggregate", today - dt.timedelta(days=30))
+    trivial = request("/_bench/aggregate", today - dt.timedelta(days=30))
+    rows = _rows_returned(env, month[0])
+    for requests in (trivial, month):
+        _load(env, requests, total=64, connections=8)
+    count = env.sizes["rest_requests"]
+    figures = []
+    for connections in (1, 8):
+        ceiling = _load(env, trivial, total=count, connections=connections)
+        result = _load(env, month, total=count, connections=connections)
+        label = f"30 days ({rows} rows), {connections} conn"
+        figures += [
+            Figure("restitution", f"/aggregate rate, {label}", result.rate, "requests/s", ceiling.rate, "ratio>=0.5",
+                   "ceiling: /_bench/aggregate, same rows from memory"),
+            Figure("restitution", f"/aggregate p50, {label}", result.percentile(50), "ms", ceiling.percentile(50)),
+            Figure("restitution", f"/aggregate p99, {label}", result.percentile(99), "ms", ceiling.percentile(99),
+                   "value<=30" if connections == 8 else ""),
+        ]  # fmt: skip
+        if connections == 1:
+            month_p50 = result.percentile(50)
+    forever = request("/aggregate", dt.date(1970, 1, 1))
+    long_rows = _rows_returned(env, forever[0])
+    result = _load(env, forever, total=env.sizes["rest_long_requests"], connections=1)
+    figures += [
+        Figure("restitution", f"/aggregate 1970 → now ({long_rows} rows) p50, 1 conn", result.percentile(50), "ms",
+               month_p50, "ratio<=2", "ceiling column: the 30-day p50"),
+        Figure("restitution", "/aggregate 1970 → now, per row returned", result.percentile(50) / max(long_rows, 1),
+               "ms/row", month_p50 / max(rows, 1), "ratio<=2", "ceiling column: the 30-day query per row"),
+    ]  # fmt: skip
+    return figures
+
+
+def _refresh_view(env: Environment) -> None:
+    try:
+        from dacc.filtered_view import refresh_filtered_view
+    except ImportError:
+        env.execute("REFRESH MATERIALIZED VIEW filtered_aggregation")
+    else:
+        refresh_filtered_view()
+
+
+def _rows_returned(env: Environment, raw_request: bytes) -> int:
+    head, _, body = raw_request.partition(b"\r\n\r\n")
+    conn = http.client.HTTPConnection(loadgen.HOST, env.port, timeout=60)
+    headers = dict(line.split(": ", 1) for line in head.decode().split("\r\n")[1:])
+    conn.request("POST", "/aggregate", body=body, headers=headers)
+    response = conn.getresponse()
+    payload = json.loads(response.read())
+    if response.status != 200:
+        raise RuntimeError(f"/aggregate answered {response.status}: {payload}")
+    return len(payload)
+
+
+def section_purge(env: Environment) -> list[Figure]:
+    try:
+        from dacc.purge import purge_raw_measures
+    except ImportError:
+        raise Unavailable("dacc.purge.purge_raw_measures()") from None
+    if not env.has_route("/measure", "POST"):
+        raise Unavailable("POST /measure")
+    _compute()
+    _ensure_single_definition(env)
+    rows = env.sizes["purge_rows"]
+    definition = env.add_definition("bench.purge")
+    generate_raw(env, definition.name, rows, start=dt.date(2023, 1, 1), days=30)
+    env.vacuum()
+    _fresh_compute(env, definition, rows)
+    bodies = [json.dumps(measure_body("bench.single", i)).encode() for i in range(1000)]
+    headers = {"Authorization": env.tokens["write"]}
+    requests = [loadgen.build_request("POST", "/measure", body=b, headers=headers) for b in bodies]
+    quiet = _load(env, requests, total=env.sizes["single"] // 2, connections=8)
+
+    # Ingestion runs in a background thread (its load in forked processes) for exactly
+    # as long as the purge runs in this one.
+    stop, started = loadgen.new_event(), loadgen.new_event()
+    during: list = []
+    thread = threading.Thread(
+        target=lambda: during.append(
+            loadgen.run_load(env.port, requests, connections=8, stop=stop, started=started, timeout=600)
+        )
+    )
+    thread.start()
+    try:
+        if not started.wait(60):
+            raise RuntimeError("the load generator did not start")
+        t0 = time.perf_counter()
+        result = purge_raw_measures(definition.name, days=1)
+        seconds = time.perf_counter() - t0
+    finally:
+        stop.set()
+        thread.join()
+    if not during:
+        raise RuntimeError("the load during the purge failed")
+    load = during[0]
+    if result.deleted != rows or load.failures:
+        raise RuntimeError(f"purge deleted {result.deleted} of {rows} ({result.status}); load {dict(load.statuses)}")
+    return [
+        Figure("purge", f"purge measure, {rows:,} rows", rows / seconds, "rows/s", None, "value>=200000",
+               f"{seconds:.2f} s, batches of the default size"),
+        Figure("purge", "POST /measure p99 during the purge, 8 conn", load.percentile(99), "ms", quiet.percentile(99),
+               "value<=50", f"{load.requests} requests; ceiling column: p99 just before the purge"),
+        Figure("purge", "POST /measure rate during the purge, 8 conn", load.rate, "measures/s", quiet.rate,
+               note="ceiling column: the rate just before the purge"),
+    ]  # fmt: skip
+
+
+SECTION_FUNCTIONS = {
+    "single": section_single,
+    "bulk": section_bulk,
+    "aggregation": section_aggregation,
+    "restitution": section_restitution,
+    "purge": section_purge,
+}
+
+
+# ---------------------------------------------------------------- output
+
+
+def _number(value: float | None, unit: str = "") -> str:
+    if value is None:
+        return "—"
+    if abs(value) >= 100:
+        text = f"{value:,.0f}"
+    elif abs(value) >= 10:
+        text = f"{value:.1f}"
+    else:
+        text = f"{value:.3g}"
+    return f"{text} {unit}".strip()
+
+
+def _target_text(target: str) -> str:
+    if not target:
+        return ""
+    subject, op, limit = _parse_target(target)
+    sign = "≥" if op == ">=" else "≤"
+    if subject == "ratio":
+        return f"ratio {sign} {limit:g}"
+    return f"{sign} {limit:,g}"
+
+
+def markdown(figures: list[Figure]) -> str:
+    lines = ["| section | figure | value | ceiling | ratio | target | result |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for f in figures:
+        ratio = "" if f.ratio is None else f"{f.ratio:.2f}"
+        name = f.name + (f" ({f.note})" if f.note else "")
+        lines.append(
+            f"| {f.section} | {name} | {_number(f.value, f.unit)} | {_number(f.ceiling, f.unit)} | {ratio}"
+            f" | {_target_text(f.target)} | {f.status} |"
+        )
+    return "\n".join(lines)
+
+
+def run(args) -> dict:
+    figures: list[Figure] = []
+    with contextlib.ExitStack() as stack:
+        began = time.monotonic()
+        env = Environment(args, stack)
+        meta = {
+            "mode": "quick" if args.quick else "full",
+            "machine": _machine(),
+            "postgresql": {"tuned_by_bench": env.tuned, **_settings(env)},
+            "gunicorn": f"{args.worker_class}, {args.workers} workers × {args.threads} threads",
+            "generator": "scripts/loadgen.py: asyncio raw HTTP/1.1, keep-alive, 1 forked process",
+            "sizes": env.sizes,
+        }
+        _say(f"PostgreSQL: {meta['postgresql']}")
+        _say(f"gunicorn: {meta['gunicorn']} on 127.0.0.1:{env.port}; set-up {time.monotonic() - began:.1f} s")
+        for name in args.only or SECTIONS:
+            t0 = time.monotonic()
+            _say(f"{name} ...")
+            try:
+                figures += SECTION_FUNCTIONS[name](env)
+            except Unavailable as exc:
+                figures.append(Figure(name, f"not available yet ({exc} has not landed)", None))
+            except Exception as exc:  # one broken section must not hide the others
+                traceback.print_exc()
+                first = (str(exc).strip().splitlines() or [""])[0][:200]
+                figures.append(Figure(name, f"FAILED: {type(exc).__name__}: {first}", None))
+                env.rollback()
+            _say(f"{name} done in {time.monotonic() - t0:.1f} s")
+        meta["seconds"] = round(time.monotonic() - began, 1)
+    return {"meta": meta, "figures": figures}
+
+
+def _say(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="10× smaller, under a minute (smoke test)")
+    parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    parser.add_argument("--only", nargs="+", choices=SECTIONS, help="run only these sections")
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (default 2)")
+    parser.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker (default 4)")
+    parser.add_argument("--worker-class", default="gthread", help="gunicorn worker class (default gthread)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, data)")
+    return parser.parse_args(argv)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    # A SIGTERM unwinds like Ctrl-C, so that gunicorn and PostgreSQL are stopped.
+    signal.signal(signal.SIGTERM, _interrupt)
+    result = run(args)
+    meta = result["meta"]
+    print(f"# DACC benchmark ({meta['mode']}), {meta['machine']['date']}\n")
+    m = meta["machine"]
+    print(f"{m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, load average {m['load_average']}; "
+          f"gunicorn {meta['gunicorn']}; run took {meta['seconds']} s\n")  # fmt: skip
+    print(markdown(result["figures"]))
+    if args.json:
+        payload = {"meta": meta, "figures": [f.as_dict() for f in result["figures"]]}
+        Path(args.json).write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
