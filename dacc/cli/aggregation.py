@@ -1,3 +1,131 @@
-"""Admin commands for aggregation (being built)."""
+"""Aggregation commands, under their DACC names: compute-aggregation, compute-all-aggregations,
+compute-wildcard-aggregate, delete-aggregations-from-date."""
 
-COMMANDS: list = []
+import functools
+import time
+
+import click
+from sqlalchemy.exc import SQLAlchemyError
+
+from dacc.aggregation import compute
+from dacc.cli.errors import cli_errors
+
+
+def db_errors(func):
+    """A database failure becomes one line and exit 1 (the run left nothing behind)."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except SQLAlchemyError as exc:
+            raise click.ClickException(f"failed: {compute.db_error_message(exc)}") from None
+
+    return wrapper
+
+
+@click.command("compute-aggregation")
+@click.argument("name")
+@click.option("--force", is_flag=True, help="Run even if the execution frequency has not elapsed.")
+@cli_errors
+@db_errors
+def compute_aggregation_command(name, force):
+    """Aggregate the raw measures of NAME that arrived since its previous run."""
+    result = compute.compute_aggregation(name, force=force)
+    _echo(result)
+    _summary([result], result.seconds)
+
+
+@click.command("compute-all-aggregations")
+@click.option("--force", is_flag=True, help="Run even if execution frequencies have not elapsed.")
+@cli_errors
+@db_errors
+def compute_all_aggregations_command(force):
+    """Aggregate the new raw measures of every measure."""
+    started = time.monotonic()
+    results = compute.compute_all_aggregations(force=force)
+    for result in results:
+        _echo(result)
+    _summary(results, time.monotonic() - started)
+    failed = [r.measure_name for r in results if not r.ok]
+    if failed:
+        raise click.ClickException(f"aggregation failed for: {', '.join(failed)}")
+
+
+@click.command("compute-wildcard-aggregate")
+@click.argument("name")
+@click.argument("groups")
+@click.option("--from-date", type=click.DateTime(["%Y-%m-%d"]), help="First ingestion day (default 1970-01-01).")
+@click.option("--to-date", type=click.DateTime(["%Y-%m-%d"]), help="Last ingestion day, included (default today).")
+@cli_errors
+@db_errors
+def compute_wildcard_aggregate_command(name, groups, from_date, to_date):
+    """Aggregate NAME with GROUPS (e.g. group1,group2) merged into {key: "*"}."""
+    result = compute.compute_wildcard_aggregate(
+        name,
+        [g.strip() for g in groups.split(",")],
+        from_date=from_date.date() if from_date else None,
+        to_date=to_date.date() if to_date else None,
+    )
+    for start, count in result.per_start_date.items():
+        click.echo(f"{start:%Y-%m-%d}: {count} wildcard aggregate(s)")
+    click.echo(
+        f"{result.count} wildcard aggregate(s) computed for {name} ({','.join(result.groups)})"
+        f" in {result.seconds:.2f} s"
+    )
+
+
+@click.command("delete-aggregations-from-date")
+@click.argument("name")
+@click.argument("date", type=click.DateTime(["%Y-%m-%d"]))
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@cli_errors
+@db_errors
+def delete_aggregations_from_date_command(name, date, yes):
+    """Delete NAME's aggregates from DATE (YYYY-MM-DD) on; the next run rebuilds them."""
+    if not yes:
+        click.confirm(f"Delete the aggregates of {name} from {date:%Y-%m-%d} on?", abort=True)
+    aligned, deleted = compute.delete_aggregations_from_date(name, date.date())
+    click.echo(
+        f"{deleted} aggregate(s) of {name} deleted from {aligned:%Y-%m-%d} on;"
+        " the next compute-aggregation rebuilds them from the raw measures"
+    )
+
+
+def _echo(result: compute.AggregationResult) -> None:
+    if result.error:
+        click.echo(f"{result.measure_name}: failed: {result.error}", err=True)
+    elif result.skipped:
+        click.echo(f"{result.measure_name}: skipped: {result.skipped}")
+    else:
+        click.echo(
+            f"{result.measure_name}: {result.raw_read} raw measures read,"
+            f" {result.inserted} aggregates inserted, {result.updated} updated,"
+            f" {result.refused} refused, {result.seconds:.2f} s"
+        )
+        if result.refused:
+            click.echo(
+                f"{result.measure_name}: {result.refused} raw measure(s) moved to"
+                f" refused_raw_measure ({compute.sql.REFUSED_REASON})",
+                err=True,
+            )
+
+
+def _summary(results, seconds: float) -> None:
+    ran = [r for r in results if r.ok and not r.skipped]
+    click.echo(
+        f"{len(ran)} measure(s) aggregated, {sum(1 for r in results if r.skipped)} skipped,"
+        f" {sum(1 for r in results if not r.ok)} failed:"
+        f" {sum(r.raw_read for r in ran)} raw measures read,"
+        f" {sum(r.inserted for r in ran)} aggregates inserted,"
+        f" {sum(r.updated for r in ran)} updated, {sum(r.refused for r in ran)} refused"
+        f" in {seconds:.2f} s"
+    )
+
+
+COMMANDS = [
+    compute_aggregation_command,
+    compute_all_aggregations_command,
+    compute_wildcard_aggregate_command,
+    delete_aggregations_from_date_command,
+]

@@ -1,0 +1,343 @@
+"""Aggregation runs: merge new raw measures into their cells, exactly once, in SQL."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from datetime import date, datetime, timedelta, timezone
+
+import sqlalchemy as sa
+from psycopg2 import errors as pg_errors
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+from dacc.aggregation import sql
+from dacc.db import db
+from dacc.errors import BadRequest, Conflict, DaccError, NotFound
+from dacc.models import MeasureDefinition
+
+log = logging.getLogger(__name__)
+
+PLAIN = frozenset()
+"""The level of ordinary cells: no group starred."""
+RETRIES = 3
+"""Attempts of a run that lost a serialization race (e.g. with a purge batch)."""
+
+
+@dataclasses.dataclass
+class AggregationResult:
+    """What one run did to one measure."""
+
+    measure_name: str
+    raw_read: int = 0
+    """New raw measures merged (refused ones excluded)."""
+    inserted: int = 0
+    """Aggregate rows created, all levels."""
+    updated: int = 0
+    """Aggregate rows merged into, all levels."""
+    refused: int = 0
+    """New raw measures moved to refused_raw_measure (quartiles after purge)."""
+    seconds: float = 0.0
+    skipped: str | None = None
+    """Why nothing ran: frequency not elapsed, or another run holds the measure."""
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclasses.dataclass
+class WildcardResult:
+    measure_name: str
+    groups: list[str]
+    per_start_date: dict[datetime, int]
+    """Aggregates written per cell start date, in date order."""
+    seconds: float = 0.0
+
+    @property
+    def count(self) -> int:
+        return sum(self.per_start_date.values())
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """What a run needs to know of its definition, read before the run's transaction."""
+
+    name: str
+    period: str
+    frequency: str
+    quartiles: bool
+    levels: tuple[frozenset[str], ...]
+    stars: dict[str, str | None]
+
+
+def compute_aggregation(
+    definition: MeasureDefinition | str, *, force: bool = False, refresh_view: bool = True
+) -> AggregationResult:
+    """Merge the raw measures of `definition` that arrived since its previous run.
+
+    One REPEATABLE READ transaction under the measure's advisory lock: merges every
+    level (plain cells and declared wildcard levels), records the snapshot it read, and
+    commits; a failure or a kill at any point leaves nothing. Skips (result.skipped)
+    when another run holds the measure, or, unless `force`, when its execution
+    frequency has not elapsed since the last run. Refreshes filtered_aggregation after
+    the commit unless `refresh_view` is false. Raises NotFound for an unknown name,
+    BadRequest for a malformed wildcard level.
+    """
+    plan = _plan(_definition(definition))
+    started = time.monotonic()
+    for attempt in range(1, RETRIES + 1):
+        try:
+            result = _run(plan, force=force)
+            break
+        except DBAPIError as exc:
+            if not isinstance(exc.orig, pg_errors.SerializationFailure) or attempt == RETRIES:
+                raise
+            log.info("aggregation %s: concurrent update, retrying (%d)", plan.name, attempt)
+    result.seconds = time.monotonic() - started
+    if result.skipped:
+        log.info("aggregation %s skipped: %s", plan.name, result.skipped)
+        return result
+    if result.refused:
+        log.warning(
+            "aggregation %s: %d raw measure(s) refused (%s)", plan.name, result.refused,
+            sql.REFUSED_REASON,
+        )
+    log.info(
+        "aggregation %s: %d raw read, %d inserted, %d updated, %d refused in %.3f s",
+        plan.name, result.raw_read, result.inserted, result.updated, result.refused,
+        result.seconds,
+    )
+    if refresh_view:
+        _refresh_view()
+    return result
+
+
+def compute_all_aggregations(*, force: bool = False) -> list[AggregationResult]:
+    """Run compute_aggregation for every definition, in name order, then refresh the view once.
+
+    Measures are independent: an error on one is recorded in its result (`error`) and
+    the others still run. Commits per measure.
+    """
+    names = db.session.scalars(sa.select(MeasureDefinition.name).order_by(MeasureDefinition.name)).all()
+    results = []
+    for name in names:
+        try:
+            results.append(compute_aggregation(name, force=force, refresh_view=False))
+        except (DaccError, SQLAlchemyError) as exc:
+            db.session.rollback()
+            log.exception("aggregation %s failed", name)
+            message = exc.message if isinstance(exc, DaccError) else db_error_message(exc)
+            results.append(AggregationResult(name, error=message))
+    _refresh_view()
+    return results
+
+
+def delete_aggregations_from_date(definition: MeasureDefinition | str, day: date) -> tuple[datetime, int]:
+    """Delete the measure's aggregates (all levels) from `day`'s cell on; the next run rebuilds them.
+
+    `day` is rounded down to the start of its aggregation period. The next run re-reads
+    every raw measure from there on. Returns (that start, rows deleted). Raises
+    Conflict while a run holds the measure. Commits, then refreshes the view.
+    """
+    plan = _plan(_definition(definition))
+    params = {"name": plan.name, "period": plan.period, "date": day}
+    with db.engine.connect() as conn:
+        with conn.begin():
+            conn.execute(sa.text(sql.NO_TIMEOUT))
+            # READ COMMITTED: statements after the lock see the last run's commit.
+            if not conn.execute(sa.text(sql.TRY_XACT_LOCK), params).scalar():
+                raise Conflict(f"another run holds measure {plan.name}; try again when it ends")
+            params["aligned"] = conn.execute(sa.text(sql.ALIGN_DATE), params).scalar()
+            deleted = conn.execute(sa.text(sql.DELETE_FROM_DATE), params).rowcount
+            conn.execute(sa.text(sql.SET_REBUILD), params)
+    log.info("aggregation %s: %d aggregates deleted from %s, to be rebuilt",
+             plan.name, deleted, params["aligned"])
+    _refresh_view()
+    return params["aligned"], deleted
+
+
+def compute_wildcard_aggregate(
+    definition: MeasureDefinition | str,
+    groups: list[str],
+    *,
+    from_date: date | None = None,
+    to_date: date | None = None,
+) -> WildcardResult:
+    """Recompute the wildcard level `groups` (e.g. ["group1", "group2"]) over a window.
+
+    Cells get the raw measures ingested (last_updated, UTC) from `from_date` (default
+    1970-01-01) to the end of `to_date` (default today); earlier rows of the same cells
+    are replaced. A level declared in the definition's wildcard_groups is refused: the
+    periodic aggregation keeps it exactly, a windowed recompute would break that.
+    Raises BadRequest for an unknown group, NotFound for an unknown measure. Commits.
+    """
+    plan = _plan(_definition(definition))
+    starred = _wildcard_level(plan, groups, where="groups")
+    if starred in plan.levels:
+        raise BadRequest(
+            f"groups: {','.join(sorted(starred))} is a declared wildcard level of"
+            f" {plan.name}, kept up to date by compute-aggregation"
+        )
+    from_date = from_date or date(1970, 1, 1)
+    to_date = to_date or datetime.now(timezone.utc).date()
+    if from_date > to_date:
+        raise BadRequest("from-date: must not be after to-date")
+    started = time.monotonic()
+    params = {
+        "name": plan.name,
+        "period": plan.period,
+        "from_ts": datetime.combine(from_date, datetime.min.time(), timezone.utc),
+        "to_ts": datetime.combine(to_date + timedelta(days=1), datetime.min.time(), timezone.utc),
+        **plan.stars,
+    }
+    with db.engine.connect() as conn:
+        with conn.begin():
+            conn.execute(sa.text(sql.NO_TIMEOUT))
+            dates = conn.execute(
+                sa.text(sql.wildcard(starred, quartiles=plan.quartiles)), params
+            ).scalars().all()
+    per_date: dict[datetime, int] = {}
+    for start in sorted(dates):
+        per_date[start] = per_date.get(start, 0) + 1
+    result = WildcardResult(plan.name, sorted(starred), per_date, time.monotonic() - started)
+    log.info("wildcard %s %s: %d aggregates", plan.name, ",".join(result.groups), result.count)
+    _refresh_view()
+    return result
+
+
+def _run(plan: _Plan, *, force: bool) -> AggregationResult:
+    result = AggregationResult(plan.name)
+    lock = {"name": plan.name}
+    with db.engine.connect() as conn:
+        # The lock is taken at session level BEFORE the transaction, then handed over to
+        # the transaction: a REPEATABLE READ snapshot is taken by the first statement, so
+        # a lock tried inside the transaction could be won just after the previous
+        # holder committed, with a snapshot that still misses that commit.
+        got = conn.execute(sa.text(sql.TRY_SESSION_LOCK), lock).scalar()
+        conn.commit()
+        if not got:
+            result.skipped = f"another run holds measure {plan.name}"
+            return result
+        try:
+            conn.execution_options(isolation_level="REPEATABLE READ")
+            transaction = conn.begin()
+            conn.execute(sa.text(sql.TAKE_XACT_LOCK), lock)
+            conn.execute(sa.text(sql.RELEASE_SESSION_LOCK), lock)
+            conn.execute(sa.text(sql.NO_TIMEOUT))
+            _merge(conn, plan, result, force=force)
+            if result.skipped:
+                transaction.rollback()
+            else:
+                transaction.commit()
+        except BaseException:
+            # Whatever happened, no lock may outlive this run on a pooled connection.
+            conn.invalidate()
+            raise
+    return result
+
+
+def _merge(conn, plan: _Plan, result: AggregationResult, *, force: bool) -> None:
+    params = {
+        "name": plan.name,
+        "period": plan.period,
+        "step": sql.STEPS[plan.period],
+        "every": sql.STEPS[plan.frequency],
+        "xmin": 0,
+        "xmax": 0,
+        "xip": [],
+        "rebuild_from": None,
+        "reason": sql.REFUSED_REASON,
+        **plan.stars,
+    }
+    state = conn.execute(sa.text(sql.READ_STATE), params).first()
+    if state is not None:
+        if state.too_early and not force and state.rebuild_from is None:
+            result.skipped = (
+                f"execution frequency '{plan.frequency}' not elapsed since the last run"
+                f" at {state.last_run_at:%Y-%m-%d %H:%M:%S%z} (use --force)"
+            )
+            return
+        params.update(
+            xmin=state.snapshot_xmin,
+            xmax=state.snapshot_xmax,
+            xip=list(state.snapshot_xip),
+            rebuild_from=state.rebuild_from,
+        )
+    rebuild = params["rebuild_from"] is not None
+    if plan.quartiles:
+        result.refused = conn.execute(
+            sa.text(sql.refuse(list(plan.levels), rebuild=rebuild)), params
+        ).rowcount
+    for starred in plan.levels:
+        row = conn.execute(
+            sa.text(sql.merge(starred, rebuild=rebuild, quartiles=plan.quartiles)), params
+        ).one()
+        if starred == PLAIN:
+            result.raw_read = int(row.raw_read)
+        result.inserted += row.inserted
+        result.updated += row.updated
+    conn.execute(sa.text(sql.SAVE_STATE), params)
+
+
+def _plan(definition: MeasureDefinition) -> _Plan:
+    keys = {"group1": definition.group1_key, "group2": definition.group2_key, "group3": definition.group3_key}
+    plan = _Plan(
+        name=definition.name,
+        period=definition.aggregation_period,
+        frequency=definition.execution_frequency,
+        quartiles=definition.with_quartiles,
+        levels=(PLAIN,),
+        stars={f"star_{g}": json.dumps({k: "*"}) if k else None for g, k in keys.items()},
+    )
+    levels = [PLAIN]
+    declared = definition.wildcard_groups or []
+    if not isinstance(declared, list):
+        raise BadRequest(f"wildcard_groups of {definition.name}: must be a list of lists of groups")
+    for i, level in enumerate(declared):
+        starred = _wildcard_level(plan, level, where=f"wildcard_groups[{i}] of {definition.name}")
+        if starred not in levels:
+            levels.append(starred)
+    return dataclasses.replace(plan, levels=tuple(levels))
+
+
+def _wildcard_level(plan: _Plan, groups, *, where: str) -> frozenset[str]:
+    if not isinstance(groups, list) or not groups:
+        raise BadRequest(f"{where}: expected a non-empty list of group names")
+    have = [g for g in sql.GROUPS if plan.stars[f"star_{g}"] is not None]
+    for group in groups:
+        if group not in sql.GROUPS:
+            raise BadRequest(f"{where}: unknown group {json.dumps(group)} (expected group1, group2 or group3)")
+        if group not in have:
+            raise BadRequest(
+                f"{where}: {plan.name} has no {group} (it has: {', '.join(have) or 'no group'})"
+            )
+    if len(set(groups)) != len(groups):
+        raise BadRequest(f"{where}: a group is named twice")
+    return frozenset(groups)
+
+
+def _definition(definition: MeasureDefinition | str) -> MeasureDefinition:
+    if isinstance(definition, MeasureDefinition):
+        return definition
+    found = db.session.scalar(sa.select(MeasureDefinition).where(MeasureDefinition.name == definition))
+    if found is None:
+        raise NotFound(f"measure '{definition}': no such definition")
+    return found
+
+
+def _refresh_view() -> None:
+    from dacc.filtered_view import refresh_filtered_view
+
+    try:
+        refresh_filtered_view()
+    except NotFound as exc:
+        log.warning("aggregates saved, but the view was not refreshed: %s", exc.message)
+
+
+def db_error_message(exc: SQLAlchemyError) -> str:
+    """First line of the database's message: enough for a log line or a CLI error."""
+    orig = getattr(exc, "orig", None)
+    return (str(orig).strip().splitlines() or [type(exc).__name__])[0] if orig else type(exc).__name__

@@ -1,0 +1,261 @@
+"""The aggregation statements: all the work of a run happens in PostgreSQL.
+
+Statements are assembled from fixed fragments only (the group expressions of a level,
+the optional rebuild clause); every value is a bound parameter.
+"""
+
+from __future__ import annotations
+
+GROUPS = ("group1", "group2", "group3")
+STEPS = {"day": "1 day", "week": "1 week", "month": "1 month"}
+"""Length of an aggregate cell for each aggregation_period (date_trunc field → interval)."""
+
+REFUSED_REASON = "quartiles after purge: raw measures of this cell were purged"
+
+# Who may run a measure: one aggregation (or delete-aggregations-from-date) at a time.
+LOCK_KEY = "hashtextextended('dacc.aggregate:' || CAST(:name AS text), 0)"
+TRY_SESSION_LOCK = f"SELECT pg_try_advisory_lock({LOCK_KEY})"
+# Taken while the session lock is held (so it cannot fail), then the session lock is
+# released: from here on the lock lives and dies with the transaction.
+TAKE_XACT_LOCK = f"SELECT pg_advisory_xact_lock({LOCK_KEY})"
+RELEASE_SESSION_LOCK = f"SELECT pg_advisory_unlock({LOCK_KEY})"
+TRY_XACT_LOCK = f"SELECT pg_try_advisory_xact_lock({LOCK_KEY})"
+
+NO_TIMEOUT = "SET LOCAL statement_timeout = 0"
+
+READ_STATE = """
+SELECT last_run_at, snapshot_xmin, snapshot_xmax, snapshot_xip, rebuild_from,
+       now() < last_run_at + CAST(:every AS interval) - interval '1 hour' AS too_early
+FROM aggregation_state
+WHERE measure_name = :name
+"""
+
+# The raw rows of the measure that the previous run did not see: the negation of
+# snapshot.SEEN_BY_LAST_RUN with the previous snapshot bound as parameters, written so
+# that `measure_name = :name AND txid >= :xmin` is an index condition on
+# ix_raw_measure_name_txid: an incremental run reads only the new rows (and those of
+# transactions still running at the previous run), never the old ones.
+NOT_SEEN = "r.txid >= :xmin AND (r.txid >= :xmax OR r.txid = ANY (CAST(:xip AS bigint[])))"
+# After delete-aggregations-from-date: every raw row of the deleted cells is new again.
+REBUILD = "\n         OR r.start_date >= :rebuild_from"
+
+# A new raw row that lands in a cell (of any maintained level) whose raw rows were
+# partly purged cannot be merged into its quartiles exactly: move it to
+# refused_raw_measure instead, so that no level counts it. One statement; {purged} is
+# an OR of one EXISTS per level.
+REFUSE = """
+WITH moved AS (
+    DELETE FROM raw_measure r
+    WHERE {new_rows}
+      AND ({purged})
+    RETURNING r.measure_name, r.value, r.start_date, r.created_by,
+              r.group1, r.group2, r.group3, r.last_updated
+)
+INSERT INTO refused_raw_measure
+    (measure_name, value, start_date, created_by, group1, group2, group3, last_updated, reason)
+SELECT measure_name, value, start_date, created_by, group1, group2, group3, last_updated,
+       :reason
+FROM moved
+"""
+PURGED_CELL = """EXISTS (
+        SELECT 1 FROM aggregate a
+        WHERE a.measure_name = :name
+          AND a.start_date = date_trunc(:period, r.start_date)
+          AND a.created_by = r.created_by
+          AND {groups}
+          AND a.last_raw_measures_purged IS NOT NULL)"""
+
+# Sample standard deviation from exact sums, in numeric:
+# sqrt((n·Σx² − (Σx)²) / (n·(n − 1))). The numerator is exact (no cancellation), so
+# the result matches stddev_samp to ~16 significant digits; 0 for a single value.
+STD = """CASE WHEN {n} > 1
+         THEN sqrt(({n} * {ss} - {s} * {s}) / ({n} * ({n} - 1)))
+         ELSE 0 END"""
+
+# Merge the new raw rows of one level into its cells: one INSERT ... SELECT ... GROUP BY
+# ... ON CONFLICT DO UPDATE. Cells keep exact sums (count, sum, sum of squares, extremes)
+# so that a merge gives the same numbers as a recompute. With quartiles, the new rows'
+# cells get median and quartiles from ALL their raw rows, in the same statement
+# ({quartiles_from}: a lateral scan per touched cell through
+# ix_raw_measure_name_start_date). RETURNING (xmax = 0) tells inserted from updated.
+MERGE = """
+WITH fresh AS (
+    SELECT date_trunc(:period, r.start_date) AS start_date, r.created_by,
+           {group1} AS group1, {group2} AS group2, {group3} AS group3,
+           count(*) AS n,
+           count(*) FILTER (WHERE r.value <> 0) AS n_not_zero,
+           sum(r.value) AS s,
+           sum(r.value * r.value) AS ss,
+           min(r.value) AS lo,
+           max(r.value) AS hi
+    FROM raw_measure r
+    WHERE {new_rows}
+    GROUP BY 1, 2, 3, 4, 5
+), merged AS (
+    INSERT INTO aggregate AS a
+        (measure_name, start_date, created_by, group1, group2, group3,
+         count, count_not_zero, sum, sum_squares, min, max, avg, std,
+         median, first_quartile, third_quartile, last_updated)
+    SELECT :name, f.start_date, f.created_by, f.group1, f.group2, f.group3,
+           f.n, f.n_not_zero, f.s, f.ss, f.lo, f.hi, f.s / f.n, {std_new},
+           {quartiles}, now()
+    FROM fresh f{quartiles_from}
+    ON CONFLICT (measure_name, start_date, created_by, group1, group2, group3)
+    DO UPDATE SET
+        count = a.count + EXCLUDED.count,
+        count_not_zero = a.count_not_zero + EXCLUDED.count_not_zero,
+        sum = a.sum + EXCLUDED.sum,
+        sum_squares = a.sum_squares + EXCLUDED.sum_squares,
+        min = LEAST(a.min, EXCLUDED.min),
+        max = GREATEST(a.max, EXCLUDED.max),
+        avg = (a.sum + EXCLUDED.sum) / (a.count + EXCLUDED.count),
+        std = {std_merged},
+        median = EXCLUDED.median,
+        first_quartile = EXCLUDED.first_quartile,
+        third_quartile = EXCLUDED.third_quartile,
+        last_updated = EXCLUDED.last_updated
+    RETURNING a.xmax = 0 AS inserted
+)
+SELECT (SELECT coalesce(sum(n), 0) FROM fresh) AS raw_read,
+       count(*) FILTER (WHERE inserted) AS inserted,
+       count(*) FILTER (WHERE NOT inserted) AS updated
+FROM merged
+"""
+NO_QUARTILES = "NULL, NULL, NULL"
+QUARTILES = "q.p[2], q.p[1], q.p[3]"
+# percentile_cont over an array sorts the cell's values once for the three fractions.
+QUARTILES_FROM = """
+    CROSS JOIN LATERAL (
+        SELECT percentile_cont(ARRAY[0.25, 0.5, 0.75]) WITHIN GROUP (ORDER BY r.value) AS p
+        FROM raw_measure r
+        WHERE r.measure_name = :name
+          AND r.start_date >= f.start_date
+          AND r.start_date < f.start_date + CAST(:step AS interval)
+          AND r.created_by = f.created_by
+          AND {groups}
+    ) q"""
+
+# Record the snapshot this run read raw_measure with: the next run takes exactly the
+# rows that this snapshot did not see (see snapshot.py). In a REPEATABLE READ
+# transaction pg_current_snapshot() is the transaction's snapshot, whatever statement
+# asks. Also clears rebuild_from: the rebuild is done.
+SAVE_STATE = """
+INSERT INTO aggregation_state AS st
+    (measure_name, last_run_at, snapshot_xmin, snapshot_xmax, snapshot_xip, rebuild_from)
+SELECT :name, now(),
+       CAST(CAST(pg_snapshot_xmin(s) AS text) AS bigint),
+       CAST(CAST(pg_snapshot_xmax(s) AS text) AS bigint),
+       ARRAY(SELECT CAST(CAST(x AS text) AS bigint) FROM pg_snapshot_xip(s) AS x),
+       NULL
+FROM pg_current_snapshot() AS s
+ON CONFLICT (measure_name) DO UPDATE SET
+    last_run_at = EXCLUDED.last_run_at,
+    snapshot_xmin = EXCLUDED.snapshot_xmin,
+    snapshot_xmax = EXCLUDED.snapshot_xmax,
+    snapshot_xip = EXCLUDED.snapshot_xip,
+    rebuild_from = NULL
+"""
+
+# delete-aggregations-from-date: cells are aligned on the period, so the date is
+# rounded down to its cell's start; otherwise the kept cell holding that date would
+# get its later raw rows merged a second time by the rebuild.
+ALIGN_DATE = "SELECT date_trunc(:period, CAST(:date AS timestamp)) AS aligned"
+DELETE_FROM_DATE = "DELETE FROM aggregate WHERE measure_name = :name AND start_date >= :aligned"
+# The next run re-reads every raw row from `aligned` on (an earlier pending rebuild
+# date wins). Without a state row no run has happened: every row is new anyway.
+SET_REBUILD = """
+UPDATE aggregation_state
+SET rebuild_from = LEAST(coalesce(rebuild_from, :aligned), :aligned)
+WHERE measure_name = :name
+"""
+
+# compute-wildcard-aggregate: recompute (not merge) the cells of one wildcard level
+# from the raw rows ingested in [from, to), replacing the rows of earlier computations.
+WILDCARD = """
+WITH cells AS (
+    SELECT date_trunc(:period, r.start_date) AS start_date, r.created_by,
+           {group1} AS group1, {group2} AS group2, {group3} AS group3,
+           count(*) AS n,
+           count(*) FILTER (WHERE r.value <> 0) AS n_not_zero,
+           sum(r.value) AS s,
+           sum(r.value * r.value) AS ss,
+           min(r.value) AS lo,
+           max(r.value) AS hi,
+           {percentiles} AS p
+    FROM raw_measure r
+    WHERE r.measure_name = :name
+      AND r.last_updated >= :from_ts AND r.last_updated < :to_ts
+    GROUP BY 1, 2, 3, 4, 5
+)
+INSERT INTO aggregate AS a
+    (measure_name, start_date, created_by, group1, group2, group3,
+     count, count_not_zero, sum, sum_squares, min, max, avg, std,
+     median, first_quartile, third_quartile, last_updated)
+SELECT :name, c.start_date, c.created_by, c.group1, c.group2, c.group3,
+       c.n, c.n_not_zero, c.s, c.ss, c.lo, c.hi, c.s / c.n, {std},
+       c.p[2], c.p[1], c.p[3], now()
+FROM cells c
+ON CONFLICT (measure_name, start_date, created_by, group1, group2, group3)
+DO UPDATE SET
+    count = EXCLUDED.count,
+    count_not_zero = EXCLUDED.count_not_zero,
+    sum = EXCLUDED.sum,
+    sum_squares = EXCLUDED.sum_squares,
+    min = EXCLUDED.min,
+    max = EXCLUDED.max,
+    avg = EXCLUDED.avg,
+    std = EXCLUDED.std,
+    median = EXCLUDED.median,
+    first_quartile = EXCLUDED.first_quartile,
+    third_quartile = EXCLUDED.third_quartile,
+    last_updated = EXCLUDED.last_updated
+RETURNING a.start_date
+"""
+WILDCARD_PERCENTILES = (
+    "percentile_cont(ARRAY[0.25, 0.5, 0.75]) WITHIN GROUP (ORDER BY r.value)"
+)
+WILDCARD_NO_PERCENTILES = "CAST(NULL AS float8[])"
+
+
+def level_groups(starred: frozenset[str]) -> dict[str, str]:
+    """Group expressions of a level: a starred group becomes its {key: "*"} parameter."""
+    return {g: f"CAST(:star_{g} AS jsonb)" if g in starred else f"r.{g}" for g in GROUPS}
+
+
+def new_rows(*, rebuild: bool) -> str:
+    return f"r.measure_name = :name\n      AND ({NOT_SEEN}{REBUILD if rebuild else ''})"
+
+
+def merge(starred: frozenset[str], *, rebuild: bool, quartiles: bool) -> str:
+    n, s, ss = "(a.count + EXCLUDED.count)", "(a.sum + EXCLUDED.sum)", "(a.sum_squares + EXCLUDED.sum_squares)"
+    cell = " AND ".join(
+        f"r.{g} IS NOT DISTINCT FROM f.{g}" for g in GROUPS if g not in starred
+    ) or "TRUE"
+    return MERGE.format(
+        **level_groups(starred),
+        new_rows=new_rows(rebuild=rebuild),
+        std_new=STD.format(n="f.n", s="f.s", ss="f.ss"),
+        std_merged=STD.format(n=n, s=s, ss=ss),
+        quartiles=QUARTILES if quartiles else NO_QUARTILES,
+        quartiles_from=QUARTILES_FROM.format(groups=cell) if quartiles else "",
+    )
+
+
+def refuse(levels: list[frozenset[str]], *, rebuild: bool) -> str:
+    exists = []
+    for starred in levels:
+        groups = " AND ".join(
+            f"a.{g} = CAST(:star_{g} AS jsonb)" if g in starred
+            else f"a.{g} IS NOT DISTINCT FROM r.{g}"
+            for g in GROUPS
+        )
+        exists.append(PURGED_CELL.format(groups=groups))
+    return REFUSE.format(new_rows=new_rows(rebuild=rebuild), purged="\n        OR ".join(exists))
+
+
+def wildcard(starred: frozenset[str], *, quartiles: bool) -> str:
+    return WILDCARD.format(
+        **level_groups(starred),
+        percentiles=WILDCARD_PERCENTILES if quartiles else WILDCARD_NO_PERCENTILES,
+        std=STD.format(n="c.n", s="c.s", ss="c.ss"),
+    )

@@ -1,0 +1,106 @@
+"""The filtered_aggregation materialized view, which serves reads: its SQL and its upkeep."""
+
+from __future__ import annotations
+
+import logging
+
+import sqlalchemy as sa
+
+from dacc.db import db
+from dacc.errors import Conflict, NotFound
+
+log = logging.getLogger(__name__)
+
+VIEW = "filtered_aggregation"
+BUILD = "filtered_aggregation_build"
+"""Name under which recreate builds the new view before swapping it in."""
+
+FILTERED_VIEW_QUERY = """
+SELECT a.id, a.measure_name, a.start_date, a.created_by, a.group1, a.group2, a.group3,
+       a.count, a.count_not_zero, a.sum, a.min, a.max, a.avg, a.std,
+       a.median, a.first_quartile, a.third_quartile, a.last_updated
+FROM aggregate a
+JOIN measure_definition d ON d.name = a.measure_name
+WHERE a.count >= d.aggregation_threshold
+"""
+"""THE definition of what may be served: only cells whose count reaches the measure's
+threshold. Migrations that change the live view must create it from this same text."""
+
+INDEXES = {
+    # The unique index is what lets REFRESH ... CONCURRENTLY run without blocking reads.
+    "uq_{view}_id": "CREATE UNIQUE INDEX {index} ON {view} (id)",
+    "ix_{view}_name_start_date": "CREATE INDEX {index} ON {view} (measure_name, start_date)",
+}
+"""Index name pattern → statement, for both the live and the build name."""
+
+_STATE = """
+SELECT relispopulated FROM pg_class
+WHERE relname = :name AND relkind = 'm' AND relnamespace = current_schema()::regnamespace
+"""
+
+
+def create_filtered_view() -> None:
+    """Create and fill the view with its indexes. Raises Conflict if it exists. Commits."""
+    with db.engine.begin() as conn:
+        conn.execute(sa.text("SET LOCAL statement_timeout = 0"))
+        if _populated(conn, VIEW) is not None:
+            raise Conflict(f"{VIEW} already exists (recreate-filtered-aggregation rebuilds it)")
+        _build(conn, VIEW)
+    log.info("%s created", VIEW)
+
+
+def refresh_filtered_view(*, concurrently: bool = True) -> None:
+    """Bring the view up to date with the aggregates. Raises NotFound if it does not exist.
+
+    CONCURRENTLY lets readers go on during the refresh; a view never filled cannot be
+    refreshed that way, so it is filled plainly once. Commits.
+    """
+    with db.engine.begin() as conn:
+        conn.execute(sa.text("SET LOCAL statement_timeout = 0"))
+        populated = _populated(conn, VIEW)
+        if populated is None:
+            raise NotFound(f"{VIEW} does not exist (create-filtered-aggregation creates it)")
+        mode = "CONCURRENTLY " if concurrently and populated else ""
+        conn.execute(sa.text(f"REFRESH MATERIALIZED VIEW {mode}{VIEW}"))
+
+
+def delete_filtered_view() -> None:
+    """Drop the view: reads fail until it is created again. Raises NotFound. Commits."""
+    with db.engine.begin() as conn:
+        if _populated(conn, VIEW) is None:
+            raise NotFound(f"{VIEW} does not exist")
+        conn.execute(sa.text(f"DROP MATERIALIZED VIEW {VIEW}"))
+    log.info("%s deleted", VIEW)
+
+
+def recreate_filtered_view() -> None:
+    """Build the view afresh from FILTERED_VIEW_QUERY and swap it in; readers never miss it.
+
+    One transaction: the new view is built under a temporary name (readers keep using
+    the old one meanwhile), then the old one is dropped and the new one renamed, indexes
+    too. The exclusive lock that the drop takes is held only for that last step; a
+    query waiting on it looks the name up again and reads the new view. Works whether
+    or not the view exists. Commits.
+    """
+    with db.engine.begin() as conn:
+        conn.execute(sa.text("SET LOCAL statement_timeout = 0"))
+        conn.execute(sa.text(f"DROP MATERIALIZED VIEW IF EXISTS {BUILD}"))
+        _build(conn, BUILD)
+        conn.execute(sa.text(f"DROP MATERIALIZED VIEW IF EXISTS {VIEW}"))
+        conn.execute(sa.text(f"ALTER MATERIALIZED VIEW {BUILD} RENAME TO {VIEW}"))
+        for pattern in INDEXES:
+            old, new = pattern.format(view=BUILD), pattern.format(view=VIEW)
+            conn.execute(sa.text(f"ALTER INDEX {old} RENAME TO {new}"))
+    log.info("%s recreated", VIEW)
+
+
+def _build(conn, name: str) -> None:
+    conn.execute(sa.text(f"CREATE MATERIALIZED VIEW {name} AS {FILTERED_VIEW_QUERY}"))
+    for pattern, statement in INDEXES.items():
+        index = pattern.format(view=name)
+        conn.execute(sa.text(statement.format(index=index, view=name)))
+
+
+def _populated(conn, name: str) -> bool | None:
+    """None when the view does not exist, else whether it holds data."""
+    return conn.execute(sa.text(_STATE), {"name": name}).scalar()

@@ -1,0 +1,97 @@
+"""Test helpers: write raw measures directly, recompute the expected cells in one GROUP BY."""
+
+from __future__ import annotations
+
+import json
+
+import sqlalchemy as sa
+
+from dacc.db import db
+from dacc.models import RawMeasure
+
+GROUPS = ("group1", "group2", "group3")
+STATS = (
+    "count", "count_not_zero", "sum", "min", "max", "avg", "std",
+    "median", "first_quartile", "third_quartile",
+)
+
+
+def insert_raw(name: str, rows) -> None:
+    """rows: (value, start_date, created_by, group1, group2, group3); committed in one transaction."""
+    db.session.execute(
+        sa.insert(RawMeasure),
+        [
+            dict(measure_name=name, value=v, start_date=d, created_by=c, group1=g1, group2=g2, group3=g3)
+            for v, d, c, g1, g2, g3 in rows
+        ],
+    )
+    db.session.commit()
+
+
+def expected_cells(definition, starred=frozenset()) -> dict:
+    """Cells of one level recomputed from ALL raw rows with PostgreSQL's own aggregates."""
+    keys = {"group1": definition.group1_key, "group2": definition.group2_key, "group3": definition.group3_key}
+    exprs = {
+        g: (f"CAST(:star_{g} AS jsonb)" if g in starred else g) for g in GROUPS
+    }
+    quartiles = (
+        "percentile_cont(0.5) WITHIN GROUP (ORDER BY value),"
+        " percentile_cont(0.25) WITHIN GROUP (ORDER BY value),"
+        " percentile_cont(0.75) WITHIN GROUP (ORDER BY value)"
+        if definition.with_quartiles else "NULL, NULL, NULL"
+    )
+    rows = db.session.execute(
+        sa.text(
+            f"""
+            SELECT date_trunc(:period, start_date), created_by,
+                   {exprs['group1']}, {exprs['group2']}, {exprs['group3']},
+                   count(*), count(*) FILTER (WHERE value <> 0), sum(value), min(value), max(value),
+                   avg(value)::float8, coalesce(stddev_samp(value), 0)::float8, {quartiles}
+            FROM raw_measure WHERE measure_name = :name
+            GROUP BY 1, 2, 3, 4, 5
+            """
+        ),
+        {
+            "name": definition.name,
+            "period": definition.aggregation_period,
+            **{f"star_{g}": json.dumps({k: "*"}) for g, k in keys.items() if k},
+        },
+    ).all()
+    return {_key(r[:5]): dict(zip(STATS, r[5:])) for r in rows}
+
+
+def aggregate_cells(name: str, starred_keys: dict | None = None) -> dict:
+    """Aggregate rows of a measure; with `starred_keys` ({group: key}) only that level's."""
+    rows = db.session.execute(
+        sa.text(
+            "SELECT start_date, created_by, group1, group2, group3, " + ", ".join(STATS)
+            + " FROM aggregate WHERE measure_name = :name"
+        ),
+        {"name": name},
+    ).all()
+    cells = {_key(r[:5]): dict(zip(STATS, r[5:])) for r in rows}
+    if starred_keys is None:
+        return cells
+    return {k: v for k, v in cells.items() if _level_of(k) == starred_keys}
+
+
+def _level_of(key) -> dict:
+    groups = dict(zip(GROUPS, key[2:]))
+    return {g: next(iter(json.loads(v))) for g, v in groups.items() if v and '"*"' in v}
+
+
+def _key(row) -> tuple:
+    start, created_by, *groups = row
+    return (start, created_by, *(json.dumps(g, sort_keys=True) if g is not None else None for g in groups))
+
+
+def assert_cells_equal(actual: dict, expected: dict) -> None:
+    assert actual.keys() == expected.keys()
+    for key, want in expected.items():
+        got = actual[key]
+        for stat in ("count", "count_not_zero", "sum", "min", "max"):
+            assert got[stat] == want[stat], (key, stat, got[stat], want[stat])
+        for stat in ("avg", "std"):
+            assert abs(got[stat] - want[stat]) <= 1e-9 * max(abs(want[stat]), 1e-300), (key, stat, got, want)
+        for stat in ("median", "first_quartile", "third_quartile"):
+            assert got[stat] == want[stat], (key, stat, got[stat], want[stat])
