@@ -140,7 +140,15 @@ class Environment:
             "logging: {enable: true, logger_criticity: WARNING}\n"
             "dacc: {bench_endpoints: true, token_cache_seconds: 60}\n"
         )
-        self.env = {**os.environ, "DATABASE_URL": self.url, "DACC_CONFIG": str(self.config_file), "FLASK_APP": "dacc"}
+        # PYTHONPATH: gunicorn and flask serve the tree this script lives in, not whatever
+        # `dacc` the interpreter would find first.
+        self.env = {
+            **os.environ,
+            "DATABASE_URL": self.url,
+            "DACC_CONFIG": str(self.config_file),
+            "FLASK_APP": "dacc",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        }
         self.port = stack.enter_context(_gunicorn(self, args))
 
     def has_route(self, path: str, method: str) -> bool:
@@ -321,6 +329,22 @@ def _settings(env: Environment) -> dict[str, str]:
         {"names": list(SHOWN_SETTINGS)},
     )
     return {name: f"{setting}{' × ' + unit if unit else ''}" for name, setting, unit in rows}
+
+
+def _fdatasync_rate(folder: Path, seconds: float = 1.0) -> float:
+    """8 kB write + fdatasync per second in `folder`: what bounds a committing client."""
+    path = folder / "fsync.probe"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        block, count, start = b"\0" * 8192, 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            os.pwrite(fd, block, 0)
+            os.fdatasync(fd)
+            count += 1
+        return count / (time.perf_counter() - start)
+    finally:
+        os.close(fd)
+        path.unlink()
 
 
 def _machine() -> dict:
@@ -772,7 +796,7 @@ def run(args) -> dict:
         env = Environment(args, stack)
         meta = {
             "mode": "quick" if args.quick else "full",
-            "machine": _machine(),
+            "machine": {**_machine(), "fdatasync_per_s": round(_fdatasync_rate(env.tmp))},
             "postgresql": {"tuned_by_bench": env.tuned, **_settings(env)},
             "gunicorn": f"{args.worker_class}, {args.workers} workers × {args.threads} threads",
             "generator": "scripts/loadgen.py: asyncio raw HTTP/1.1, keep-alive, 1 forked process",
@@ -825,8 +849,8 @@ def main(argv=None) -> int:
     meta = result["meta"]
     print(f"# DACC benchmark ({meta['mode']}), {meta['machine']['date']}\n")
     m = meta["machine"]
-    print(f"{m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, load average {m['load_average']}; "
-          f"gunicorn {meta['gunicorn']}; run took {meta['seconds']} s\n")  # fmt: skip
+    print(f"{m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, load average {m['load_average']}, "
+          f"disk {m['fdatasync_per_s']} fdatasync/s; gunicorn {meta['gunicorn']}; run took {meta['seconds']} s\n")  # fmt: skip
     print(markdown(result["figures"]))
     if args.json:
         payload = {"meta": meta, "figures": [f.as_dict() for f in result["figures"]]}
