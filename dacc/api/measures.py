@@ -1,5 +1,46 @@
-"""Measure ingestion endpoints (filled in by the ingestion work)."""
+"""Measure ingestion endpoints: POST /measure (DACC) and POST /measures (bulk)."""
 
-from flask import Blueprint
+import json
+
+from flask import Blueprint, jsonify, request
+
+from dacc.auth import require_scope
+from dacc.errors import BadRequest, UnsupportedMediaType
+from dacc.ingestion import record_measure, record_measures
 
 bp = Blueprint("measures", __name__)
+
+MEASURE_MAX_BYTES = 64 * 1024
+"""One measure is a few hundred bytes; the app-wide limit (16 MiB) is for bulk."""
+
+
+@bp.post("/measure")
+@require_scope("measure:write")
+def post_measure():
+    # Any token with measure:write may write any measure, as in DACC: access rules
+    # apply to reads.
+    result = record_measure(_json_body(max_bytes=MEASURE_MAX_BYTES))
+    if result.duplicates:
+        return jsonify({"ok": True, "duplicate": True}), 200
+    return jsonify({"ok": True}), 201
+
+
+@bp.post("/measures")
+@require_scope("measure:write")
+def post_measures():
+    result = record_measures(_json_body())
+    return jsonify({"ok": True, "inserted": result.inserted, "duplicates": result.duplicates}), 201
+
+
+def _json_body(max_bytes: int | None = None):
+    """The parsed JSON body; 415 unless declared JSON, 413 past the limit, 400 if malformed."""
+    if not request.is_json:
+        raise UnsupportedMediaType("Content-Type: expected application/json")
+    if max_bytes is not None:
+        # Werkzeug refuses with 413 before reading more, also for chunked bodies.
+        request.max_content_length = max_bytes
+    raw = request.get_data(cache=False)
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise BadRequest(f"body: not valid JSON ({exc})") from None

@@ -1,0 +1,367 @@
+"""Raw measures: the one place that validates and stores them (/measure, /measures, MQTT)."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import logging
+import math
+import re
+from datetime import datetime, timedelta, timezone
+from decimal import ROUND_HALF_UP, Decimal
+from typing import NamedTuple
+
+import sqlalchemy as sa
+
+from dacc.db import db
+from dacc.definitions import DefinitionRules, get_definition_rules
+from dacc.errors import BadRequest
+from dacc.models.definitions import KEY_LENGTH, NAME_LENGTH
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 10_000
+MAX_ERRORS_LISTED = 100
+VALUE_LIMIT = Decimal(10) ** 14
+"""raw_measure.value is numeric(16, 2): |value| must stay below 10^14."""
+CENT = Decimal("0.01")
+FUTURE_TOLERANCE = timedelta(hours=24)
+"""Clock skew allowed between a client and this server."""
+MEASURE_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+NUMERIC_STRING = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d{1,4})?")
+START_DATE = re.compile(
+    r"\d{4}-\d{2}-\d{2}"
+    r"(?:[Tt ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d{1,9})?)?(?:[Zz]|[+-]\d{2}(?::?\d{2})?)?)?"
+)
+_INT_GROUP_LIMIT = 10**KEY_LENGTH
+
+
+class Measure(NamedTuple):
+    """A validated raw measure, ready to store. (A tuple: cheap to build 10,000 times.)"""
+
+    measure_name: str
+    value: Decimal
+    start_date: datetime
+    """UTC, naive, truncated to the start of the definition's aggregation period."""
+    created_by: str
+    group1: dict | None
+    group2: dict | None
+    group3: dict | None
+    measure_id: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordResult:
+    inserted: int
+    duplicates: int
+
+
+class _Batch:
+    """Per-call memo: the same definition and startDate recur across a batch."""
+
+    def __init__(self):
+        self.now = datetime.now(timezone.utc).replace(tzinfo=None)
+        self.rules: dict[str, DefinitionRules] = {}
+        self.dates: dict[tuple[str, str], datetime] = {}
+
+
+# --- validation -----------------------------------------------------------------------
+
+
+def parse_measure(body, *, _batch: _Batch | None = None) -> Measure:
+    """Validate one DACC measure body; raise BadRequest naming the field at fault.
+
+    Reads the definition (cached); writes nothing. Unknown top-level fields are ignored.
+    """
+    batch = _batch or _Batch()
+    if type(body) is not dict:
+        raise BadRequest("body: expected a JSON object")
+    # The memo lookups are inlined: this runs 10,000 times per bulk request.
+    name = body.get("measureName")
+    rules = batch.rules.get(name) if type(name) is str else None
+    if rules is None:
+        rules = _rules(name, batch)
+    value = _value(body.get("value"))
+    start = body.get("startDate")
+    start_date = batch.dates.get((start, rules.aggregation_period)) if type(start) is str else None
+    if start_date is None:
+        start_date = _start_date(start, rules.aggregation_period, batch)
+    created_by = body.get("createdBy")
+    if type(created_by) is not str or not 0 < len(created_by) <= KEY_LENGTH or not created_by.isprintable():
+        raise BadRequest(f"createdBy: expected a string of 1 to {KEY_LENGTH} printable characters")
+    if rules.created_by is not None and created_by != rules.created_by:
+        raise BadRequest(f"createdBy: measure '{rules.name}' only accepts '{rules.created_by}'")
+    key1, key2, key3 = rules.group_keys
+    group1 = _group("group1", key1, body.get("group1"), rules.name)
+    group2 = _group("group2", key2, body.get("group2"), rules.name)
+    group3 = _group("group3", key3, body.get("group3"), rules.name)
+    measure_id = body.get("measureId")
+    if measure_id is not None and (type(measure_id) is not str or not MEASURE_ID.fullmatch(measure_id)):
+        raise BadRequest("measureId: expected 1 to 64 characters among A-Z a-z 0-9 . _ : -")
+    return Measure(rules.name, value, start_date, created_by, group1, group2, group3, measure_id)
+
+
+def validate_measures(items) -> list[Measure]:
+    """Validate a bulk body: all items or none; BadRequest lists up to 100 faulty indexes."""
+    if type(items) is not list:
+        raise BadRequest("body: expected a JSON array of measures")
+    if len(items) > MAX_BATCH:
+        raise BadRequest(f"body: at most {MAX_BATCH} measures per request, got {len(items)}")
+    batch = _Batch()
+    measures, errors, error_count = [], [], 0
+    for index, item in enumerate(items):
+        try:
+            measures.append(parse_measure(item, _batch=batch))
+        except BadRequest as exc:
+            error_count += 1
+            if len(errors) < MAX_ERRORS_LISTED:
+                errors.append({"index": index, "error": exc.message})
+    if error_count:
+        first = errors[0]
+        raise BadRequest(
+            f"{error_count} invalid measure(s), nothing stored;"
+            f" first at index {first['index']}: {first['error']}",
+            details=errors,
+        )
+    return measures
+
+
+def _rules(name, batch: _Batch) -> DefinitionRules:
+    if type(name) is not str or not 0 < len(name) <= NAME_LENGTH or not name.isprintable():
+        raise BadRequest("measureName: expected the name of a measure definition")
+    rules = get_definition_rules(name)
+    if rules is None:
+        raise BadRequest(f"measureName: no measure definition named '{name}'")
+    batch.rules[name] = rules
+    return rules
+
+
+def _value(value) -> Decimal:
+    kind = type(value)
+    if kind is int:
+        number = Decimal(value)
+    elif kind is float and math.isfinite(value):
+        number = Decimal(repr(value))  # the shortest decimal that reads back as this float
+    elif kind is str and len(value) <= 64 and NUMERIC_STRING.fullmatch(value):
+        number = Decimal(value)
+    else:
+        raise BadRequest(f"value: expected a finite number, got {_shown(value)}")
+    if abs(number) < VALUE_LIMIT:
+        # Half away from zero, as PostgreSQL rounds into numeric(16, 2).
+        number = number.quantize(CENT, rounding=ROUND_HALF_UP)
+        if abs(number) < VALUE_LIMIT:
+            return number
+    raise BadRequest("value: magnitude must stay below 10^14")
+
+
+def _start_date(value, period: str, batch: _Batch) -> datetime:
+    if type(value) is not str or not START_DATE.fullmatch(value):
+        raise BadRequest(
+            "startDate: expected an ISO 8601 date or date-time"
+            f" (2022-01-31, 2022-01-31T10:00:00Z), got {_shown(value)}"
+        )
+    try:
+        moment = datetime.fromisoformat(value.upper())
+        if moment.tzinfo is not None:
+            moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
+    except (ValueError, OverflowError):
+        raise BadRequest(f"startDate: not a valid date or time: {_shown(value)}") from None
+    if moment > batch.now + FUTURE_TOLERANCE:
+        raise BadRequest("startDate: more than 24 hours in the future")
+    batch.dates[(value, period)] = start = period_start(moment, period)
+    return start
+
+
+def period_start(moment: datetime, period: str) -> datetime:
+    """Start of the day, ISO week (Monday) or month holding `moment`."""
+    day = moment.replace(hour=0, minute=0, second=0, microsecond=0)
+    if period == "week":
+        return day - timedelta(days=day.weekday())
+    if period == "month":
+        return day.replace(day=1)
+    return day
+
+
+def _group(field: str, key: str | None, group, name: str) -> dict | None:
+    if key is None:
+        if group is not None:
+            raise BadRequest(f"{field}: measure '{name}' has no {field}")
+        return None
+    if type(group) is not dict or len(group) != 1 or key not in group:
+        raise BadRequest(f"{field}: expected an object with the one key '{key}', got {_shown(group)}")
+    value = group[key]
+    kind = type(value)
+    if kind is str:
+        ok = len(value) <= KEY_LENGTH and value.isprintable()
+    elif kind is int:
+        ok = abs(value) < _INT_GROUP_LIMIT
+    elif kind is float:
+        ok = math.isfinite(value)
+    else:
+        ok = kind is bool
+    if not ok:
+        raise BadRequest(
+            f"{field}: the value of '{key}' must be a string (at most {KEY_LENGTH} printable characters),"
+            f" a finite number or a boolean, got {_shown(value)}"
+        )
+    return group
+
+
+def _shown(value) -> str:
+    text = json.dumps(value, allow_nan=True, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+# --- storage --------------------------------------------------------------------------
+
+_INSERT = sa.text(
+    "INSERT INTO raw_measure (measure_name, value, start_date, created_by, group1, group2, group3)"
+    " VALUES (:measure_name, :value, :start_date, :created_by,"
+    " CAST(:group1 AS jsonb), CAST(:group2 AS jsonb), CAST(:group3 AS jsonb))"
+)
+
+# measureId: the key row and the raw row go in one statement. The primary key of
+# measure_key settles concurrent duplicates (the second waits for the first, then
+# finds the conflict); the raw row is inserted only when its key was new.
+_INSERT_KEYED = sa.text(
+    "WITH new_key AS ("
+    " INSERT INTO measure_key (measure_name, measure_id) VALUES (:measure_name, :measure_id)"
+    " ON CONFLICT DO NOTHING RETURNING 1)"
+    " INSERT INTO raw_measure (measure_name, value, start_date, created_by, group1, group2, group3)"
+    " SELECT :measure_name, :value, :start_date, :created_by,"
+    " CAST(:group1 AS jsonb), CAST(:group2 AS jsonb), CAST(:group3 AS jsonb) FROM new_key"
+)
+
+_CREATE_STAGING = sa.text(
+    "CREATE TEMP TABLE measure_staging (measure_name text, value numeric(16, 2),"
+    " start_date timestamp, created_by text, group1 jsonb, group2 jsonb, group3 jsonb,"
+    " measure_id text) ON COMMIT DROP"
+)
+
+# Same rule as _INSERT_KEYED, set-based: staged ids are unique (deduplicated in Python),
+# those already in measure_key are skipped, the others stored with their raw rows.
+_INSERT_STAGED = sa.text(
+    "WITH new_key AS ("
+    " INSERT INTO measure_key (measure_name, measure_id)"
+    " SELECT measure_name, measure_id FROM measure_staging WHERE measure_id IS NOT NULL"
+    " ON CONFLICT DO NOTHING RETURNING measure_name, measure_id)"
+    " INSERT INTO raw_measure (measure_name, value, start_date, created_by, group1, group2, group3)"
+    " SELECT s.measure_name, s.value, s.start_date, s.created_by, s.group1, s.group2, s.group3"
+    " FROM measure_staging s"
+    " WHERE s.measure_id IS NULL OR (s.measure_name, s.measure_id) IN (SELECT * FROM new_key)"
+)
+
+NULL = "\\N"
+_COPY_COLUMNS = "(measure_name, start_date, created_by, value, group1, group2, group3"
+# COPY text format: backslash starts an escape; validation already refused control
+# characters, the table is there for safety.
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def record_measure(body) -> RecordResult:
+    """Validate and store one measure; (0, 1) when its measureId is already stored.
+
+    Raises BadRequest with nothing written. One INSERT statement, one commit.
+    """
+    measure = parse_measure(body)
+    params = {
+        "measure_name": measure.measure_name,
+        "value": measure.value,
+        "start_date": measure.start_date,
+        "created_by": measure.created_by,
+        "group1": _json(measure.group1),
+        "group2": _json(measure.group2),
+        "group3": _json(measure.group3),
+    }
+    if measure.measure_id is None:
+        db.session.execute(_INSERT, params)
+        inserted = 1
+    else:
+        params["measure_id"] = measure.measure_id
+        inserted = db.session.execute(_INSERT_KEYED, params).rowcount
+    db.session.commit()
+    return RecordResult(inserted, 1 - inserted)
+
+
+def record_measures(items) -> RecordResult:
+    """Validate a bulk body and store it all, or raise BadRequest and store nothing."""
+    return store_measures(validate_measures(items))
+
+
+def store_measures(measures: list[Measure]) -> RecordResult:
+    """Store validated measures in one transaction, skipping measureIds already stored
+    or repeated in the list (counted as duplicates). Loads with COPY; commits once."""
+    keyed = any(m.measure_id is not None for m in measures)
+    lines = _copy_lines(measures, keyed)
+    duplicates = len(measures) - len(lines)
+    if not lines:
+        return RecordResult(0, duplicates)
+    data = io.StringIO("".join(lines))
+    if keyed:
+        db.session.execute(_CREATE_STAGING)
+        _copy(f"COPY measure_staging {_COPY_COLUMNS}, measure_id) FROM STDIN", data)
+        inserted = db.session.execute(_INSERT_STAGED).rowcount
+    else:
+        # Without ids nothing can clash: straight into the table.
+        _copy(f"COPY raw_measure {_COPY_COLUMNS}) FROM STDIN", data)
+        inserted = len(lines)
+    db.session.commit()
+    duplicates += len(lines) - inserted
+    log.debug("stored %d measures (%d duplicates)", inserted, duplicates)
+    return RecordResult(inserted, duplicates)
+
+
+def _copy_lines(measures: list[Measure], keyed: bool) -> list[str]:
+    """COPY text lines in _COPY_COLUMNS order, the first of each repeated measureId only."""
+    seen, lines = set(), []
+    heads: dict[tuple, str] = {}
+    encode = _GroupEncoder()
+    for name, value, start_date, created_by, group1, group2, group3, measure_id in measures:
+        if measure_id is not None:
+            if (name, measure_id) in seen:
+                continue
+            seen.add((name, measure_id))
+        # Name, start date and app recur across a batch: format them once.
+        head = heads.get((name, start_date, created_by))
+        if head is None:
+            head = heads[(name, start_date, created_by)] = (
+                f"{name.translate(_COPY_ESCAPES)}\t{start_date.isoformat()}\t"
+                f"{created_by.translate(_COPY_ESCAPES)}\t"
+            )
+        line = f"{head}{value}\t{encode(group1)}\t{encode(group2)}\t{encode(group3)}"
+        lines.append(f"{line}\t{measure_id or NULL}\n" if keyed else f"{line}\n")
+    return lines
+
+
+def _copy(statement: str, data: io.StringIO) -> None:
+    # COPY needs the driver's cursor; it runs on the session's connection, so inside
+    # the session's transaction.
+    raw = db.session.connection().connection.driver_connection
+    with raw.cursor() as cursor:
+        cursor.copy_expert(statement, data)
+
+
+class _GroupEncoder:
+    """JSON text of a group for COPY, memoised: few distinct groups recur in a batch."""
+
+    def __init__(self):
+        self.strings: dict[tuple, str] = {}
+        self.others: dict[tuple, str] = {}
+
+    def __call__(self, group: dict | None) -> str:
+        if group is None:
+            return NULL
+        ((key, value),) = group.items()
+        if type(value) is str:
+            memo, memo_key = self.strings, (key, value)
+        else:
+            memo, memo_key = self.others, (key, type(value), value)  # 1, 1.0 and true are equal
+        text = memo.get(memo_key)
+        if text is None:
+            text = memo[memo_key] = json.dumps(group, separators=(",", ":")).translate(_COPY_ESCAPES)
+        return text
+
+
+def _json(group: dict | None) -> str | None:
+    return None if group is None else json.dumps(group, separators=(",", ":"))
