@@ -7,7 +7,6 @@ import json
 import sqlalchemy as sa
 
 from dacc.db import db
-from dacc.models import RawMeasure
 
 GROUPS = ("group1", "group2", "group3")
 STATS = (
@@ -17,15 +16,26 @@ STATS = (
 
 
 def insert_raw(name: str, rows) -> None:
-    """rows: (value, start_date, created_by, group1, group2, group3); committed in one transaction."""
+    """rows: (value, start_date, created_by, group1, group2, group3); committed in one transaction.
+
+    A missing group is SQL NULL, as ingestion writes it (the ORM would write JSON null).
+    """
     db.session.execute(
-        sa.insert(RawMeasure),
+        sa.text(
+            "INSERT INTO raw_measure (measure_name, value, start_date, created_by, group1, group2, group3)"
+            " VALUES (:name, :value, :start_date, :created_by,"
+            " CAST(:g1 AS jsonb), CAST(:g2 AS jsonb), CAST(:g3 AS jsonb))"
+        ),
         [
-            dict(measure_name=name, value=v, start_date=d, created_by=c, group1=g1, group2=g2, group3=g3)
+            dict(name=name, value=v, start_date=d, created_by=c, g1=_json(g1), g2=_json(g2), g3=_json(g3))
             for v, d, c, g1, g2, g3 in rows
         ],
     )
     db.session.commit()
+
+
+def _json(group):
+    return None if group is None else json.dumps(group)
 
 
 def expected_cells(definition, starred=frozenset()) -> dict:
@@ -70,6 +80,7 @@ def aggregate_cells(name: str, starred_keys: dict | None = None) -> dict:
         {"name": name},
     ).all()
     cells = {_key(r[:5]): dict(zip(STATS, r[5:])) for r in rows}
+    assert len(cells) == len(rows), "two aggregate rows for one cell"
     if starred_keys is None:
         return cells
     return {k: v for k, v in cells.items() if _level_of(k) == starred_keys}
