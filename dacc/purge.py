@@ -34,7 +34,6 @@ class PurgeResult:
     """Effective age limit: the quartile guard may have raised the one asked for."""
     cutoff: datetime | None = None
     """Raw measures ingested (last_updated) before this instant were candidates."""
-    candidates: int = 0
     deleted: int = 0
     stamped: int = 0
     """Aggregates (plain and wildcard cells) whose last_raw_measures_purged was set."""
@@ -62,16 +61,23 @@ class PurgeResult:
 
 ProgressCallback = Callable[[PurgeResult], None]
 
-# Raw measures a purge may delete: past the cut-off and already counted by the last
-# aggregation run. Written with SEEN_BY_LAST_RUN so that it can never differ from the
-# engine's own notion of "aggregated".
-_CANDIDATES = f"""
-SELECT count(*) AS candidates,
-       count(*) FILTER (WHERE s.measure_name IS NULL OR NOT ({SEEN_BY_LAST_RUN})) AS unseen
+# Raw measures past the cut-off that the last run has not seen. SEEN_BY_LAST_RUN is the
+# truth; the OR before it follows from its negation (a row older than the snapshot's
+# xmin and before rebuild_from was seen) and lets PostgreSQL use the txid and
+# start_date indexes: the guard reads the few recent or rebuilt rows, not every
+# candidate. A NULL :rebuild_from makes its half false.
+_UNSEEN = f"""
+SELECT count(*)
 FROM raw_measure r
-LEFT JOIN aggregation_state s ON s.measure_name = r.measure_name
-WHERE r.measure_name = :name AND r.last_updated < :cutoff
+JOIN aggregation_state s ON s.measure_name = r.measure_name
+WHERE r.measure_name = :name
+  AND r.last_updated < :cutoff
+  AND (r.txid >= :xmin OR r.start_date >= :rebuild_from)
+  AND NOT ({SEEN_BY_LAST_RUN})
 """
+_STATE = "SELECT snapshot_xmin, rebuild_from FROM aggregation_state WHERE measure_name = :name"
+# A measure that was never aggregated: every row past the cut-off is unseen.
+_PAST_CUTOFF = "SELECT count(*) FROM raw_measure WHERE measure_name = :name AND last_updated < :cutoff"
 
 # Held until the batch commits: delete-aggregations-from-date (which moves rebuild_from,
 # making rows "unseen" again) waits for it, and a batch that starts after it sees the
@@ -162,10 +168,9 @@ def purge_raw_measures(
     }
     _lift_statement_timeout()
     params["purged_at"], params["cutoff"] = _clock(result.days)
-    counts = db.session.execute(sa.text(_CANDIDATES), params).one()
+    result.not_aggregated = _count_unseen(params)
     db.session.commit()
     result.cutoff = params["cutoff"]
-    result.candidates, result.not_aggregated = counts.candidates, counts.unseen
     if result.refused:
         log.warning("purge %s: %s", result.measure_name, result.status)
         result.seconds = time.monotonic() - started
@@ -248,6 +253,16 @@ def _clock(days: int) -> tuple[datetime, datetime]:
         {"days": days},
     ).one()
     return row.now, row.cutoff
+
+
+def _count_unseen(params: dict) -> int:
+    state = db.session.execute(sa.text(_STATE), params).first()
+    if state is None:
+        return db.session.execute(sa.text(_PAST_CUTOFF), params).scalar()
+    return db.session.execute(
+        sa.text(_UNSEEN),
+        {**params, "xmin": state.snapshot_xmin, "rebuild_from": state.rebuild_from},
+    ).scalar()
 
 
 def _wildcards(definition: MeasureDefinition) -> dict[str, str | None]:

@@ -58,11 +58,8 @@ def _progress(batch_size: int):
     """Echo progress to stderr, only for purges that take several batches."""
 
     def echo(result: purge.PurgeResult) -> None:
-        if result.candidates > batch_size:
-            click.echo(
-                f"{result.measure_name}: {result.deleted}/{result.candidates} rows deleted",
-                err=True,
-            )
+        if result.deleted >= batch_size:
+            click.echo(f"{result.measure_name}: {result.deleted} rows deleted so far", err=True)
 
     return echo
 
