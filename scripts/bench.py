@@ -121,6 +121,7 @@ class Environment:
     """The database, the app (in this process, for set-up) and gunicorn (for load)."""
 
     def __init__(self, args, stack: contextlib.ExitStack):
+        began = time.monotonic()
         self.args = args
         self.sizes = QUICK if args.quick else FULL
         self.cap = QUICK_CAP_SECONDS if args.quick else 600.0
@@ -129,12 +130,7 @@ class Environment:
         if not args.keep:
             stack.callback(shutil.rmtree, self.tmp, ignore_errors=True)
         self.url, self.tuned = stack.enter_context(_database(self.tmp, restart=not args.quick))
-        self.app = _make_app(self.url)
-        stack.enter_context(self.app.app_context())
-        from dacc.migrations_runner import upgrade_to_head
-
-        upgrade_to_head()
-        self.tokens = _create_tokens()
+        _say(f"database ready in {time.monotonic() - began:.1f} s")
         self.config_file = self.tmp / "config.yml"
         self.config_file.write_text(
             "logging: {enable: true, logger_criticity: WARNING}\n"
@@ -149,7 +145,17 @@ class Environment:
             "FLASK_APP": "dacc",
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         }
-        self.port = stack.enter_context(_gunicorn(self, args))
+        # gunicorn's workers import the app while this process migrates: they touch no
+        # table before the first request, which waits for /status below.
+        server = stack.enter_context(_gunicorn(self, args))
+        self.app = _make_app(self.url)
+        stack.enter_context(self.app.app_context())
+        from dacc.migrations_runner import upgrade_to_head
+
+        upgrade_to_head()
+        self.tokens = _create_tokens()
+        _say(f"migrated in {time.monotonic() - began:.1f} s")
+        self.port = server.ready()
 
     def has_route(self, path: str, method: str) -> bool:
         return any(r.rule == path and method in r.methods for r in self.app.url_map.iter_rules())
@@ -246,7 +252,21 @@ def _database(tmp: Path, *, restart: bool):
         create_database(server.get_uri("postgres"), "dacc")
         yield normalise_database_url(server.get_uri("dacc")), True
     finally:
+        _stop_immediately(server)
         server.cleanup()
+
+
+def _stop_immediately(server) -> None:
+    """Stop without the shutdown checkpoint (seconds on a slow disk): the data goes."""
+    from pgserver._commands import pg_ctl
+
+    try:
+        pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=server.pgdata, user=server.system_user)
+    except Exception:  # cleanup() stops it the usual way
+        return
+    # Stopped: cleanup() must only release the handle (its own stop would find the
+    # postmaster's unreaped zombie "running" and wait seconds to kill it).
+    server.cleanup_mode = None
 
 
 def _tune(admin_uri: str) -> None:
@@ -273,13 +293,23 @@ def _drop_database(admin_uri: str, name: str) -> None:
     conn.close()
 
 
+class _Server:
+    def __init__(self, port: int, process, log_path: Path):
+        self.port, self.process, self.log_path = port, process, log_path
+
+    def ready(self) -> int:
+        """Wait until /status answers 200; the port."""
+        _wait_for_status(self.port, self.process, self.log_path)
+        return self.port
+
+
 @contextlib.contextmanager
 def _gunicorn(env: Environment, args):
-    """Serve the app on a free loopback port; yield the port, stop gunicorn after."""
+    """Start serving the app on a free loopback port; stop gunicorn after."""
     listener = socket.create_server((loadgen.HOST, 0))
     listener.set_inheritable(True)
-    port = listener.getsockname()[1]
-    log = open(env.tmp / "gunicorn.log", "wb")
+    log_path = env.tmp / "gunicorn.log"
+    log = open(log_path, "wb")
     command = [
         sys.executable, "-m", "gunicorn",
         "--bind", f"fd://{listener.fileno()}",
@@ -294,10 +324,9 @@ def _gunicorn(env: Environment, args):
         command, env=env.env, cwd=env.tmp, stdout=log, stderr=subprocess.STDOUT, pass_fds=(listener.fileno(),)
     )
     try:
-        _wait_for_status(port, process, env.tmp / "gunicorn.log")
-        yield port
+        yield _Server(listener.getsockname()[1], process, log_path)
     finally:
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(signal.SIGINT)  # quick shutdown: nothing is in flight any more
         try:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -851,8 +880,11 @@ def run(args) -> dict:
     return {"meta": meta, "figures": figures}
 
 
+_T0 = time.monotonic()
+
+
 def _say(message: str) -> None:
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
+    print(f"[bench {time.monotonic() - _T0:6.1f}s] {message}", file=sys.stderr, flush=True)
 
 
 def parse_args(argv=None):
@@ -875,7 +907,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     # A SIGTERM unwinds like Ctrl-C, so that gunicorn and PostgreSQL are stopped.
     signal.signal(signal.SIGTERM, _interrupt)
+    began = time.monotonic()
     result = run(args)
+    _say(f"finished in {time.monotonic() - began:.1f} s, clean-up included")
     meta = result["meta"]
     print(f"# DACC benchmark ({meta['mode']}), {meta['machine']['date']}\n")
     m = meta["machine"]
