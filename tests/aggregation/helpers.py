@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import time
 
+import psycopg2
 import sqlalchemy as sa
 
 from dacc.db import db
@@ -16,26 +18,25 @@ STATS = (
 
 
 def insert_raw(name: str, rows) -> None:
-    """rows: (value, start_date, created_by, group1, group2, group3); committed in one transaction.
+    """rows: (value, start_date, created_by, group1, group2, group3); committed, one statement.
 
     A missing group is SQL NULL, as ingestion writes it (the ORM would write JSON null).
     """
+    records = []
+    for v, d, c, *groups in rows:
+        record = {"value": str(v), "start_date": d.isoformat(), "created_by": c}
+        record.update({g: value for g, value in zip(GROUPS, groups) if value is not None})
+        records.append(record)
     db.session.execute(
         sa.text(
             "INSERT INTO raw_measure (measure_name, value, start_date, created_by, group1, group2, group3)"
-            " VALUES (:name, :value, :start_date, :created_by,"
-            " CAST(:g1 AS jsonb), CAST(:g2 AS jsonb), CAST(:g3 AS jsonb))"
+            " SELECT :name, value, start_date, created_by, group1, group2, group3"
+            " FROM jsonb_to_recordset(CAST(:records AS jsonb)) AS x(value numeric, start_date timestamp,"
+            " created_by text, group1 jsonb, group2 jsonb, group3 jsonb)"
         ),
-        [
-            dict(name=name, value=v, start_date=d, created_by=c, g1=_json(g1), g2=_json(g2), g3=_json(g3))
-            for v, d, c, g1, g2, g3 in rows
-        ],
+        {"name": name, "records": json.dumps(records)},
     )
     db.session.commit()
-
-
-def _json(group):
-    return None if group is None else json.dumps(group)
 
 
 def expected_cells(definition, starred=frozenset()) -> dict:
@@ -106,3 +107,48 @@ def assert_cells_equal(actual: dict, expected: dict) -> None:
             assert abs(got[stat] - want[stat]) <= 1e-9 * max(abs(want[stat]), 1e-300), (key, stat, got, want)
         for stat in ("median", "first_quartile", "third_quartile"):
             assert got[stat] == want[stat], (key, stat, got[stat], want[stat])
+
+
+def database_url(driver: str = "postgresql") -> str:
+    """URL of the test database, for another connection or process."""
+    return db.engine.url.set(drivername=driver).render_as_string(hide_password=False)
+
+
+def blocked_pid(holder, timeout: float = 30.0) -> int:
+    """Poll until a backend waits on a lock that connection `holder` holds; its pid."""
+    with holder.cursor() as cur:
+        cur.execute("SELECT pg_backend_pid()")
+        holder_pid = cur.fetchone()[0]
+    deadline = time.monotonic() + timeout
+    probe = psycopg2.connect(holder.dsn)
+    probe.autocommit = True
+    try:
+        with probe.cursor() as cur:
+            while time.monotonic() < deadline:
+                cur.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE %s = ANY (pg_blocking_pids(pid))",
+                    (holder_pid,),
+                )
+                row = cur.fetchone()
+                if row:
+                    return row[0]
+                time.sleep(0.02)
+    finally:
+        probe.close()
+    raise AssertionError("no backend got blocked")
+
+
+def wait_backend_gone(pid: int, timeout: float = 30.0) -> None:
+    probe = psycopg2.connect(database_url())
+    probe.autocommit = True
+    deadline = time.monotonic() + timeout
+    try:
+        with probe.cursor() as cur:
+            while time.monotonic() < deadline:
+                cur.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,))
+                if cur.fetchone() is None:
+                    return
+                time.sleep(0.02)
+    finally:
+        probe.close()
+    raise AssertionError(f"backend {pid} still there")

@@ -15,13 +15,16 @@ from dacc.aggregation.compute import (
 )
 from dacc.db import db
 from dacc.errors import BadRequest, Conflict, NotFound
-from tests.aggregation.helpers import aggregate_cells, assert_cells_equal, expected_cells, insert_raw
+from tests.aggregation.helpers import (
+    aggregate_cells,
+    assert_cells_equal,
+    blocked_pid,
+    database_url,
+    expected_cells,
+    insert_raw,
+)
 
 DAY = datetime(2024, 3, 4)  # a Monday
-
-
-def _dsn(app) -> str:
-    return db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def _rows(n, value="1.00", day=DAY, group="x"):
@@ -35,7 +38,7 @@ def _scalar(query, **params):
 def test_measures_committed_out_of_order_are_counted_exactly_once(app, make_definition):
     """An older transaction that commits after a run is picked up by the next run."""
     make_definition("m")
-    slow = psycopg2.connect(_dsn(app))
+    slow = psycopg2.connect(database_url())
     with slow.cursor() as cur:  # older transaction id, still open during the run
         cur.execute(
             "INSERT INTO raw_measure (measure_name, value, start_date, created_by, group1)"
@@ -82,7 +85,7 @@ def test_a_concurrent_run_of_the_same_measure_is_skipped(app, make_definition):
     insert_raw("m", _rows(1))
     compute_aggregation("m", force=True)
     insert_raw("m", _rows(3))
-    blocker = psycopg2.connect(_dsn(app))
+    blocker = psycopg2.connect(database_url())
     with blocker.cursor() as cur:  # the first run will wait on this row at its very end
         cur.execute("SELECT 1 FROM aggregation_state WHERE measure_name = 'm' FOR UPDATE")
     first = {}
@@ -91,7 +94,7 @@ def test_a_concurrent_run_of_the_same_measure_is_skipped(app, make_definition):
     )
     thread.start()
     try:
-        _wait_until_blocked_by(blocker)
+        blocked_pid(blocker)
         second = compute_aggregation("m", force=True)
         assert second.skipped == "another run holds measure m"
         with pytest.raises(Conflict, match="another run holds measure m"):
@@ -108,7 +111,7 @@ def test_other_measures_can_run_while_one_is_held(app, make_definition):
     make_definition("a")
     make_definition("b")
     insert_raw("b", _rows(2))
-    holder = psycopg2.connect(_dsn(app))
+    holder = psycopg2.connect(database_url())
     with holder.cursor() as cur:
         cur.execute("SELECT pg_advisory_lock(hashtextextended('dacc.aggregate:a', 0))")
     try:
@@ -242,25 +245,3 @@ def _in_app(app, func, *args, **kwargs):
             return func(*args, **kwargs)
         finally:
             db.session.remove()
-
-
-def _wait_until_blocked_by(conn, timeout=20.0):
-    """Poll until some backend waits on a lock that `conn` holds."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    with conn.cursor() as cur:
-        cur.execute("SELECT pg_backend_pid()")
-        pid = cur.fetchone()[0]
-    probe = psycopg2.connect(conn.dsn)
-    probe.autocommit = True
-    try:
-        with probe.cursor() as cur:
-            while time.monotonic() < deadline:
-                cur.execute("SELECT count(*) FROM pg_stat_activity WHERE %s = ANY (pg_blocking_pids(pid))", (pid,))
-                if cur.fetchone()[0]:
-                    return
-                time.sleep(0.02)
-    finally:
-        probe.close()
-    raise AssertionError("nothing got blocked")
