@@ -38,14 +38,16 @@ def run_command():
         f" {sum(r.status == jobs.REFUSED for r in results)} refused"
     )
     if failed:
-        names = ", ".join(f"{r.step} {r.measure_name}" if r.measure_name else r.step for r in failed)
-        raise click.ClickException(f"failed: {names}")
+        raise click.ClickException(f"failed: {', '.join(_what(r) for r in failed)}")
 
 
 def _progress(result: jobs.StepResult) -> None:
     """One stderr line per finished step, so that a long run shows where it is."""
-    what = f"{result.step} {result.measure_name}" if result.measure_name else result.step
-    click.echo(f"{what}: {result.status} ({result.seconds:.1f} s)", err=True)
+    click.echo(f"{_what(result)}: {result.status} ({result.seconds:.1f} s)", err=True)
+
+
+def _what(result: jobs.StepResult) -> str:
+    return f"{result.step} {result.measure_name}" if result.measure_name else result.step
 
 
 COMMANDS = [jobs_group]
