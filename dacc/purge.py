@@ -14,7 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from dacc.aggregation.snapshot import SEEN_BY_LAST_RUN
 from dacc.db import db
-from dacc.errors import BadRequest, NotFound
+from dacc.errors import BadRequest, DaccError, NotFound
 from dacc.models import MeasureDefinition
 
 log = logging.getLogger(__name__)
@@ -202,8 +202,9 @@ def purge_all_measures(
 ) -> list[PurgeResult]:
     """Purge every measure, each by its own retention unless `days` is given.
 
-    Measures are independent: a database error on one is recorded in its result
-    (`error`) and the others still run. Commits per batch, as purge_raw_measures.
+    Measures are independent: an error on one (a database failure, a definition
+    removed meanwhile) is recorded in its result (`error`) and the others still run.
+    Raises BadRequest for days < 1. Commits per batch, as purge_raw_measures.
     """
     if days is not None:
         _check_days(days)
@@ -214,11 +215,20 @@ def purge_all_measures(
             results.append(
                 purge_raw_measures(name, days=days, batch_size=batch_size, on_batch=on_batch)
             )
-        except SQLAlchemyError as exc:
+        except (DaccError, SQLAlchemyError) as exc:
             db.session.rollback()
             log.exception("purge %s failed", name)
-            results.append(PurgeResult(name, days or 0, error=type(exc).__name__))
+            results.append(PurgeResult(name, days or 0, error=_message(exc)))
     return results
+
+
+def _message(exc: Exception) -> str:
+    """One line for the summary: the domain message, or the database's first line."""
+    if isinstance(exc, DaccError):
+        return exc.message
+    orig = getattr(exc, "orig", None)
+    lines = str(orig).strip().splitlines() if orig is not None else []
+    return lines[0] if lines else type(exc).__name__
 
 
 def _definition(definition: MeasureDefinition | str) -> MeasureDefinition:

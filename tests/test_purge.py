@@ -365,6 +365,28 @@ def test_purge_all_goes_on_after_a_refused_measure(make_definition):
     ]
 
 
+def test_purge_all_records_a_failed_measure_and_goes_on(make_definition):
+    for name in ("a", "b", "c"):
+        make_definition(name)
+        insert_raw(name, age_seconds=100 * DAY)
+        mark_aggregated(name)
+
+    def remove_b(progress):
+        # While "a" is purged, another admin removes the definition of "b".
+        if progress.measure_name == "a":
+            with db.engine.begin() as conn:
+                conn.execute(sa.text("DELETE FROM measure_definition WHERE name = 'b'"))
+
+    results = purge_all_measures(on_batch=remove_b)
+
+    assert [(r.measure_name, r.deleted, r.error) for r in results] == [
+        ("a", 1, None),
+        ("b", 0, "measure 'b': no such definition"),
+        ("c", 1, None),
+    ]
+    assert results[1].status == "failed: measure 'b': no such definition"
+
+
 # --- interrupted, then run again -----------------------------------------------------
 
 

@@ -69,7 +69,7 @@ def _echo_summary(results: list[purge.PurgeResult]) -> None:
     rows = [
         (
             r.measure_name,
-            str(r.days),
+            str(r.days) if r.days else "-",
             r.cutoff.strftime("%Y-%m-%d %H:%M") if r.cutoff else "-",
             str(r.deleted),
             str(r.stamped),
