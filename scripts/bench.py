@@ -629,24 +629,40 @@ def _aggregation_rss(env: Environment, name: str, rows: int) -> tuple[float, flo
     return rss, seconds
 
 
+# Runs a `flask` command and, at exit, prints the process's own peak RSS (VmHWM). Not
+# ru_maxrss: Linux carries the forking parent's high-water mark over exec into it, so a
+# child of this (large) process would report this process's peak.
+_PEAK_RSS_WRAPPER = """
+import atexit, sys
+def _peak():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            sys.stderr.write("BENCH_PEAK_RSS_KB " + line.split()[1] + "\\n")
+atexit.register(_peak)
+from flask.cli import main
+sys.argv = ["flask", *sys.argv[1:]]
+main()
+"""
+
+
 def _command_rss(env: Environment, *command: str) -> tuple[float, float]:
     """(peak RSS in MiB, seconds) of one `flask` command run as a child process."""
     start = time.perf_counter()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "flask", "--app", "dacc", *command],
+    process = subprocess.run(
+        [sys.executable, "-c", _PEAK_RSS_WRAPPER, "--app", "dacc", *command],
         env=env.env,
         cwd=env.tmp,
         stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        capture_output=True,
+        text=True,
     )
-    output = process.stdout.read()
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
     seconds = time.perf_counter() - start
     if process.returncode != 0:
-        raise RuntimeError(f"flask {' '.join(command)} exited {process.returncode}: {output.decode()[-2000:]}")
-    return usage.ru_maxrss / 1024, seconds
+        raise RuntimeError(f"flask {' '.join(command)} exited {process.returncode}: {process.stderr[-2000:]}")
+    peaks = [line.split()[1] for line in process.stderr.splitlines() if line.startswith("BENCH_PEAK_RSS_KB ")]
+    if not peaks:
+        raise RuntimeError(f"flask {' '.join(command)} did not report its peak RSS")
+    return int(peaks[-1]) / 1024, seconds
 
 
 def section_restitution(env: Environment) -> list[Figure]:
