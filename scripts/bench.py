@@ -123,7 +123,9 @@ class Environment:
     def __init__(self, args, stack: contextlib.ExitStack):
         began = time.monotonic()
         self.args = args
-        self.sizes = QUICK if args.quick else FULL
+        self.sizes = dict(QUICK if args.quick else FULL)
+        if args.count:
+            self.sizes["single"] = args.count
         self.cap = QUICK_CAP_SECONDS if args.quick else 600.0
         """Longest load run: keeps --quick under a minute on a slow disk."""
         self.tmp = Path(tempfile.mkdtemp(prefix="dacc-bench-"))
@@ -908,6 +910,7 @@ def parse_args(argv=None):
     parser.add_argument("--quick", action="store_true", help="10× smaller, under a minute (smoke test)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     parser.add_argument("--only", nargs="+", choices=SECTIONS, help="run only these sections")
+    parser.add_argument("--count", type=int, help="POST /measure requests per run (default 20,000; quick 2,000)")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (default 2)")
     parser.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker (default 4)")
     parser.add_argument("--worker-class", default="gthread", help="gunicorn worker class (default gthread)")
