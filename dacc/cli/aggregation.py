@@ -77,7 +77,7 @@ def compute_wildcard_aggregate_command(name, groups, from_date, to_date):
 
 @click.command("delete-aggregations-from-date")
 @click.argument("name")
-@click.argument("date", type=click.DateTime(["%Y-%m-%d"]))
+@click.argument("date", type=click.DateTime(["%Y-%m-%d"]), metavar="DATE")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @cli_errors
 @db_errors

@@ -1,0 +1,105 @@
+"""compute_wildcard_aggregate: one recomputed wildcard level over an ingestion-time window."""
+
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+import sqlalchemy as sa
+
+from dacc.aggregation.compute import compute_aggregation, compute_wildcard_aggregate
+from dacc.db import db
+from dacc.errors import BadRequest, NotFound
+from tests.aggregation.helpers import aggregate_cells, assert_cells_equal, expected_cells, insert_raw
+
+DAY = datetime(2024, 6, 3)
+
+
+@pytest.fixture
+def energy(make_definition):
+    definition = make_definition("energy", group1_key="heating", group2_key="size", with_quartiles=True)
+    rows = []
+    for i, (heating, size) in enumerate([("gas", "s"), ("gas", "l"), ("oil", "s"), ("oil", "l")] * 3):
+        rows.append((Decimal(i * 3 - 7), DAY + timedelta(days=i % 2), "app", {"heating": heating}, {"size": size}, None))
+    insert_raw("energy", rows)
+    return definition
+
+
+def test_wildcard_level_equals_a_group_by_with_the_groups_merged(app, energy):
+    result = compute_wildcard_aggregate("energy", ["group2"])
+    assert result.groups == ["group2"]
+    # Per day: gas and oil, each over both sizes.
+    assert result.per_start_date == {DAY: 2, DAY + timedelta(days=1): 2}
+    assert result.count == 4
+    assert_cells_equal(
+        aggregate_cells("energy", {"group2": "size"}), expected_cells(energy, frozenset({"group2"}))
+    )
+    both = aggregate_cells("energy", {"group1": "heating", "group2": "size"})
+    assert both == {}
+
+
+def test_recomputing_replaces_the_earlier_rows(app, energy):
+    compute_wildcard_aggregate("energy", ["group1", "group2"])
+    insert_raw("energy", [(Decimal("100"), DAY, "app", {"heating": "gas"}, {"size": "s"}, None)])
+    again = compute_wildcard_aggregate("energy", ["group2", "group1"])
+    assert again.count == 2
+    cells = aggregate_cells("energy", {"group1": "heating", "group2": "size"})
+    assert [c["count"] for _, c in sorted(cells.items())] == [7, 6]
+    assert_cells_equal(cells, expected_cells(energy, frozenset({"group1", "group2"})))
+
+
+def test_only_measures_ingested_in_the_window_count(app, energy):
+    db.session.execute(
+        sa.text("UPDATE raw_measure SET last_updated = :t WHERE value < 0"),
+        {"t": datetime(2024, 1, 10, 23, 59, tzinfo=timezone.utc)},
+    )
+    db.session.commit()
+    negatives = db.session.execute(sa.text("SELECT count(*) FROM raw_measure WHERE value < 0")).scalar()
+    old = compute_wildcard_aggregate(
+        "energy", ["group1", "group2"], from_date=date(2024, 1, 10), to_date=date(2024, 1, 10)
+    )
+    assert old.count >= 1
+    cells = aggregate_cells("energy", {"group1": "heating", "group2": "size"})
+    assert sum(c["count"] for c in cells.values()) == negatives
+    assert all(c["max"] < 0 for c in cells.values())
+    none = compute_wildcard_aggregate("energy", ["group1"], to_date=date(2024, 1, 9))
+    assert (none.count, none.per_start_date) == (0, {})
+
+
+@pytest.mark.parametrize(
+    "groups, message",
+    [
+        (["group4"], 'unknown group "group4"'),
+        (["heating"], 'unknown group "heating"'),
+        (["group3"], "energy has no group3"),
+        (["group1", "group1"], "named twice"),
+        ([], "non-empty list"),
+    ],
+)
+def test_bad_groups_are_refused(app, energy, groups, message):
+    with pytest.raises(BadRequest, match=message):
+        compute_wildcard_aggregate("energy", groups)
+    assert aggregate_cells("energy") == {}
+
+
+def test_a_declared_level_is_left_to_compute_aggregation(app, make_definition):
+    make_definition("m", wildcard_groups=[["group1"]])
+    with pytest.raises(BadRequest, match="declared wildcard level"):
+        compute_wildcard_aggregate("m", ["group1"])
+
+
+def test_from_date_after_to_date_is_refused(app, energy):
+    with pytest.raises(BadRequest, match="from-date"):
+        compute_wildcard_aggregate("energy", ["group1"], from_date=date(2024, 2, 1), to_date=date(2024, 1, 1))
+
+
+def test_unknown_measure_is_not_found(app):
+    with pytest.raises(NotFound):
+        compute_wildcard_aggregate("nope", ["group1"])
+
+
+def test_ad_hoc_wildcard_rows_are_not_merged_into_by_compute_aggregation(app, energy):
+    compute_wildcard_aggregate("energy", ["group2"])
+    before = aggregate_cells("energy", {"group2": "size"})
+    insert_raw("energy", [(Decimal("1"), DAY, "app", {"heating": "gas"}, {"size": "s"}, None)])
+    compute_aggregation("energy", force=True)
+    assert aggregate_cells("energy", {"group2": "size"}) == before
