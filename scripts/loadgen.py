@@ -44,6 +44,21 @@ class LoadResult:
     cpu_seconds: float
     """CPU time the generator's own processes used."""
 
+    @classmethod
+    def combine(cls, results: Sequence[LoadResult]) -> LoadResult:
+        """One result for runs made one after the other (their times add up)."""
+        statuses: Counter = Counter()
+        for r in results:
+            statuses.update(r.statuses)
+        latencies = array("d", sorted(x for r in results for x in r.latencies))
+        return cls(
+            sum(r.requests for r in results),
+            sum(r.elapsed for r in results),
+            latencies,
+            statuses,
+            sum(r.cpu_seconds for r in results),
+        )
+
     @property
     def rate(self) -> float:
         return self.requests / self.elapsed if self.elapsed else 0.0
@@ -193,7 +208,7 @@ async def _connection(stream, port, requests, offset, state, latencies, statuses
             break
         if stop is not None and stop.is_set():
             break
-        if i % 256 == 0 and time.monotonic() > deadline:
+        if time.monotonic() > deadline:
             break
         state["next"] = i + 1
         t0 = clock()
