@@ -934,10 +934,16 @@ def _interrupt(signum, frame):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    # A SIGTERM unwinds like Ctrl-C, so that gunicorn and PostgreSQL are stopped.
+    # SIGTERM unwinds like Ctrl-C, so that gunicorn and PostgreSQL are stopped; SIGINT
+    # too when a shell started this in the background (it would be ignored).
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     began = time.monotonic()
-    result = run(args)
+    try:
+        result = run(args)
+    except KeyboardInterrupt:
+        _say("interrupted: gunicorn and PostgreSQL stopped, temporary folder removed")
+        return 130
     _say(f"finished in {time.monotonic() - began:.1f} s, clean-up included")
     meta = result["meta"]
     print(f"# DACC benchmark ({meta['mode']}), {meta['machine']['date']}\n")
