@@ -74,10 +74,9 @@ STD = """CASE WHEN {n} > 1
 
 # Merge the new raw rows of one level into its cells: one INSERT ... SELECT ... GROUP BY
 # ... ON CONFLICT DO UPDATE. Cells keep exact sums (count, sum, sum of squares, extremes)
-# so that a merge gives the same numbers as a recompute. With quartiles, the new rows'
-# cells get median and quartiles from ALL their raw rows, in the same statement
-# ({quartiles_from}: a lateral scan per touched cell through
-# ix_raw_measure_name_start_date). RETURNING (xmax = 0) tells inserted from updated.
+# so that a merge gives the same numbers as a recompute. With quartiles, the touched
+# cells get median and quartiles from ALL their raw rows in the same statement
+# ({quartiles_from}). RETURNING (xmax = 0) tells inserted from updated.
 MERGE = """
 WITH fresh AS (
     SELECT date_trunc(:period, r.start_date) AS start_date, r.created_by,
@@ -123,7 +122,11 @@ FROM merged
 """
 NO_QUARTILES = "NULL, NULL, NULL"
 QUARTILES = "q.p[2], q.p[1], q.p[3]"
-# percentile_cont over an array sorts the cell's values once for the three fractions.
+# Quartiles of the touched cells only, from all their raw rows: per touched cell, one
+# range scan of ix_raw_measure_name_start_date over the cell's period, the other keys
+# compared NULL-safely. percentile_cont over an array sorts the cell's values once for
+# the three fractions. (Measured: as fast as one GROUP BY over every row of the touched
+# periods, and it never sorts an untouched cell.)
 QUARTILES_FROM = """
     CROSS JOIN LATERAL (
         SELECT percentile_cont(ARRAY[0.25, 0.5, 0.75]) WITHIN GROUP (ORDER BY r.value) AS p
