@@ -4,6 +4,7 @@ import click
 from flask.cli import AppGroup
 
 from dacc import purge
+from dacc.cli.aggregation import db_errors
 from dacc.cli.errors import cli_errors
 
 purge_group = AppGroup(
@@ -20,6 +21,7 @@ _BATCH_HELP = "Rows per delete transaction."
 @click.option("--batch-size", type=click.IntRange(min=1), default=purge.BATCH_SIZE,
               show_default=True, help=_BATCH_HELP)
 @cli_errors
+@db_errors
 def measure_command(name, days, batch_size):
     """Purge the raw measures of measure NAME.
 
@@ -40,6 +42,7 @@ def measure_command(name, days, batch_size):
 @click.option("--batch-size", type=click.IntRange(min=1), default=purge.BATCH_SIZE,
               show_default=True, help=_BATCH_HELP)
 @cli_errors
+@db_errors
 def all_measures_command(days, batch_size):
     """Purge the raw measures of every measure.
 
