@@ -8,6 +8,8 @@ import sqlalchemy as sa
 
 from dacc.db import db
 from dacc.errors import Conflict, NotFound
+from dacc.privacy import PUBLISHABLE_AGGREGATES
+from dacc.restitution import SERVED_ORDER_KEY, SERVED_ROW_JSON
 
 log = logging.getLogger(__name__)
 
@@ -15,16 +17,22 @@ VIEW = "filtered_aggregation"
 BUILD = "filtered_aggregation_build"
 """Name under which recreate builds the new view before swapping it in."""
 
-FILTERED_VIEW_QUERY = """
+FILTERED_VIEW_QUERY = f"""
 SELECT a.id, a.measure_name, a.start_date, a.created_by, a.group1, a.group2, a.group3,
        a.count, a.count_not_zero, a.sum, a.min, a.max, a.avg, a.std,
-       a.median, a.first_quartile, a.third_quartile, a.last_updated
+       a.median, a.first_quartile, a.third_quartile, a.last_updated,
+       {SERVED_ROW_JSON} AS body,
+       {SERVED_ORDER_KEY} AS sort_key
 FROM aggregate a
-JOIN measure_definition d ON d.name = a.measure_name
-WHERE a.count >= d.aggregation_threshold
+WHERE a.id IN (
+{PUBLISHABLE_AGGREGATES}
+)
+ORDER BY a.measure_name, a.start_date, sort_key
 """
-"""THE definition of what may be served: only cells whose count reaches the measure's
-threshold. Migrations that change the live view must create it from this same text."""
+"""THE definition of what may be served: the rows dacc.privacy publishes (threshold and
+secondary suppression), each with its served JSON; stored in read order, so that a
+range of one measure sits in few pages. Migrations that change the live view must
+create it from this same text."""
 
 INDEXES = {
     # The unique index is what lets REFRESH ... CONCURRENTLY run without blocking reads.

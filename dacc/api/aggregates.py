@@ -1,5 +1,41 @@
-"""Aggregate restitution endpoints (filled in by the restitution work)."""
+"""Aggregate restitution: GET|POST /aggregate (DACC)."""
 
-from flask import Blueprint
+import json
+
+from flask import Blueprint, current_app, request
+
+from dacc.auth import current_token, require_scope
+from dacc.errors import BadRequest
+from dacc.restitution import read_aggregates
 
 bp = Blueprint("aggregates", __name__)
+
+PARAMS_MAX_BYTES = 64 * 1024
+"""The parameters are four short fields."""
+
+
+@bp.route("/aggregate", methods=["GET", "POST"])
+@require_scope("aggregate:read")
+def aggregate():
+    rows = read_aggregates(_params(), token=current_token())
+    # Already JSON: the view stores each served row's text (see dacc.restitution).
+    return current_app.response_class(rows, mimetype="application/json")
+
+
+def _params() -> dict:
+    """The JSON body (DACC clients send one even with GET); for GET, the query string too.
+
+    The Content-Type is not checked: GET bodies often come without one.
+    """
+    params = request.args.to_dict() if request.method == "GET" else {}
+    request.max_content_length = PARAMS_MAX_BYTES
+    raw = request.get_data(cache=False)
+    if raw.strip():
+        try:
+            body = json.loads(raw)
+        except (ValueError, RecursionError) as exc:
+            raise BadRequest(f"body: not valid JSON ({exc})") from None
+        if not isinstance(body, dict):
+            raise BadRequest("body: expected a JSON object")
+        params.update(body)
+    return params

@@ -1,0 +1,144 @@
+"""Restitution: reading published aggregates back (/aggregate), already shaped as JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from datetime import datetime, timezone
+
+import sqlalchemy as sa
+
+from dacc.db import db
+from dacc.errors import BadRequest, Forbidden
+from dacc.models.definitions import KEY_LENGTH, NAME_LENGTH
+from dacc.privacy import may_read_results
+from dacc.tokens import TokenIdentity
+
+SERVED_ROW_JSON = """json_strip_nulls(json_build_object(
+    'measureName', a.measure_name,
+    'startDate', to_char(a.start_date, 'YYYY-MM-DD"T"HH24:MI:SS'),
+    'createdBy', a.created_by,
+    'group1', a.group1, 'group2', a.group2, 'group3', a.group3,
+    'count', a.count, 'countNotZero', a.count_not_zero,
+    'sum', round(a.sum, 2), 'min', a.min, 'max', a.max,
+    'avg', round(a.avg::numeric, 2), 'std', round(a.std::numeric, 2),
+    'median', round(a.median::numeric, 2),
+    'firstQuartile', round(a.first_quartile::numeric, 2),
+    'thirdQuartile', round(a.third_quartile::numeric, 2)
+))::text"""
+"""SQL of one served row of aggregate `a`, as /aggregate returns it: DACC's camelCase
+fields, numbers rounded to 2 decimals, null fields left out. The view stores it
+(column `body`), so a read concatenates stored text: measured 1.4 ms for 600 rows,
+against 13 ms building the JSON at query time and 23 ms in Python."""
+
+SERVED_ORDER_KEY = """concat_ws(' ', a.group1, a.group2, a.group3, a.created_by) COLLATE "C\""""
+"""SQL of the order of rows within a start date (column `sort_key` of the view): the
+groups' JSON text, compared bytewise, which sorts far faster than jsonb values."""
+
+_READ = sa.text(
+    # One round trip: the definition's access fields, and the published rows of the
+    # range concatenated into a JSON array (index on (measure_name, start_date)).
+    """
+    SELECT d.org, d.access_public, d.access_app,
+           (SELECT coalesce('[' || string_agg(f.body, ',' ORDER BY f.start_date, f.sort_key) || ']', '[]')
+            FROM filtered_aggregation f
+            WHERE f.measure_name = d.name AND f.start_date >= :start AND f.start_date < :end
+              AND (CAST(:created_by AS text) IS NULL OR f.created_by = :created_by)) AS rows
+    FROM measure_definition d
+    WHERE d.name = :name
+    """
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class AggregateQuery:
+    """A validated /aggregate request: [start, end) in UTC (naive)."""
+
+    measure_name: str
+    start: datetime
+    end: datetime
+    created_by: str | None = None
+
+
+def parse_aggregate_query(params: Mapping) -> AggregateQuery:
+    """Check /aggregate parameters (camelCase, as sent); raise BadRequest naming the field."""
+    name = _text("measureName", params.get("measureName"), NAME_LENGTH, required=True)
+    start = _moment("startDate", params.get("startDate"))
+    end = _moment("endDate", params.get("endDate"))
+    if end <= start:
+        raise BadRequest("endDate: must be after startDate (the range is [startDate, endDate))")
+    created_by = _text("createdBy", params.get("createdBy"), KEY_LENGTH)
+    return AggregateQuery(name, start, end, created_by)
+
+
+def read_aggregates(params: Mapping, *, token: TokenIdentity) -> str:
+    """The published rows a request asks for, as the text of a JSON array.
+
+    Rows come only from filtered_aggregation, which holds no suppressed row (see
+    dacc.privacy), ordered by start date then groups. Raises BadRequest for bad
+    parameters or an unknown measure, Forbidden when the token may not read it.
+    Reads only.
+    """
+    query = parse_aggregate_query(params)
+    found = db.session.execute(
+        _READ,
+        {
+            "name": query.measure_name,
+            "start": query.start,
+            "end": query.end,
+            "created_by": query.created_by,
+        },
+    ).one_or_none()
+    if found is None:
+        raise BadRequest(f"No measure definition found for: {query.measure_name}")
+    allowed = may_read_results(
+        owner_org=found.org, access_public=found.access_public, access_app=found.access_app, token=token
+    )
+    if not allowed:
+        raise Forbidden(f"You cannot access results for this measure: {query.measure_name}")
+    return found.rows
+
+
+def _text(field: str, value, limit: int, *, required: bool = False) -> str | None:
+    if value is None:
+        if required:
+            raise BadRequest(f"{field}: required")
+        return None
+    if not isinstance(value, str):
+        raise BadRequest(f"{field}: expected a string, got {_shown(value)}")
+    if not value or len(value) > limit:
+        raise BadRequest(f"{field}: must be 1 to {limit} characters")
+    # PostgreSQL text can hold neither NUL nor a lone surrogate: say so, not a 500.
+    if "\x00" in value or not _encodable(value):
+        raise BadRequest(f"{field}: must not hold NUL characters or lone surrogates")
+    return value
+
+
+def _moment(field: str, value) -> datetime:
+    """An ISO 8601 date or date-time as naive UTC; a date means its midnight (UTC)."""
+    if value is None:
+        raise BadRequest(f"{field}: required")
+    fault = f"{field}: expected an ISO 8601 date or date-time, got {_shown(value)}"
+    if not isinstance(value, str):
+        raise BadRequest(fault)
+    try:
+        moment = datetime.fromisoformat(value)
+        if moment.tzinfo is not None:
+            moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
+    except (ValueError, OverflowError):
+        raise BadRequest(fault) from None
+    return moment
+
+
+def _encodable(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _shown(value) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."
