@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 
 import sqlalchemy as sa
+from psycopg2 import errors as pg_errors
+from sqlalchemy.exc import DBAPIError
 
 from dacc.db import db
 from dacc.errors import Conflict, NotFound
@@ -16,6 +18,8 @@ log = logging.getLogger(__name__)
 VIEW = "filtered_aggregation"
 BUILD = "filtered_aggregation_build"
 """Name under which recreate builds the new view before swapping it in."""
+SWAP_LOCK_TIMEOUT = "3s"
+SWAP_ATTEMPTS = 5
 
 FILTERED_VIEW_QUERY = f"""
 SELECT a.id, a.measure_name, a.start_date, a.created_by, a.group1, a.group2, a.group3,
@@ -84,21 +88,34 @@ def delete_filtered_view() -> None:
 def recreate_filtered_view() -> None:
     """Build the view afresh from FILTERED_VIEW_QUERY and swap it in; readers never miss it.
 
-    One transaction: the new view is built under a temporary name (readers keep using
-    the old one meanwhile), then the old one is dropped and the new one renamed, indexes
-    too. The exclusive lock that the drop takes is held only for that last step; a
-    query waiting on it looks the name up again and reads the new view. Works whether
-    or not the view exists. Commits.
+    The new view is built and indexed under a temporary name while readers keep using
+    the old one. Then one short transaction drops the old view and renames the new one
+    (indexes too): a query waiting on that lock looks the name up again and reads the
+    new view. The swap waits at most SWAP_LOCK_TIMEOUT for readers, so that queries
+    queued behind it are not stalled by a long reader, and is retried; raises Conflict
+    if it never gets its turn (the old view is then left as it was). Works whether or
+    not the view exists. Commits.
     """
     with db.engine.begin() as conn:
         conn.execute(sa.text("SET LOCAL statement_timeout = 0"))
         conn.execute(sa.text(f"DROP MATERIALIZED VIEW IF EXISTS {BUILD}"))
         _build(conn, BUILD)
-        conn.execute(sa.text(f"DROP MATERIALIZED VIEW IF EXISTS {VIEW}"))
-        conn.execute(sa.text(f"ALTER MATERIALIZED VIEW {BUILD} RENAME TO {VIEW}"))
-        for pattern in INDEXES:
-            old, new = pattern.format(view=BUILD), pattern.format(view=VIEW)
-            conn.execute(sa.text(f"ALTER INDEX {old} RENAME TO {new}"))
+    for attempt in range(1, SWAP_ATTEMPTS + 1):
+        try:
+            with db.engine.begin() as conn:
+                conn.execute(sa.text(f"SET LOCAL lock_timeout = '{SWAP_LOCK_TIMEOUT}'"))
+                conn.execute(sa.text(f"DROP MATERIALIZED VIEW IF EXISTS {VIEW}"))
+                conn.execute(sa.text(f"ALTER MATERIALIZED VIEW {BUILD} RENAME TO {VIEW}"))
+                for pattern in INDEXES:
+                    old, new = pattern.format(view=BUILD), pattern.format(view=VIEW)
+                    conn.execute(sa.text(f"ALTER INDEX {old} RENAME TO {new}"))
+            break
+        except DBAPIError as exc:
+            if not isinstance(exc.orig, pg_errors.LockNotAvailable):
+                raise
+            log.warning("%s: readers held the view, swap attempt %d failed", VIEW, attempt)
+    else:
+        raise Conflict(f"{VIEW} stayed busy with readers; try recreate again later")
     log.info("%s recreated", VIEW)
 
 
