@@ -245,3 +245,29 @@ def _in_app(app, func, *args, **kwargs):
             return func(*args, **kwargs)
         finally:
             db.session.remove()
+
+
+def test_a_cell_stamped_by_a_purge_during_the_run_is_retried_and_refused(app, make_definition, caplog):
+    """The run's snapshot predates the stamp: it must not merge over it, but start again."""
+    make_definition("m", with_quartiles=True)
+    insert_raw("m", _rows(2))
+    compute_aggregation("m", force=True)
+    insert_raw("m", _rows(3, "5.00"))
+    purge = psycopg2.connect(database_url())
+    with purge.cursor() as cur:
+        cur.execute("UPDATE aggregate SET last_raw_measures_purged = now() WHERE measure_name = 'm'")
+    outcome = {}
+    thread = threading.Thread(
+        target=lambda: outcome.update(result=_in_app(app, compute_aggregation, "m", force=True))
+    )
+    thread.start()
+    try:
+        blocked_pid(purge)  # the run waits on the stamped row, with its snapshot taken
+    finally:
+        purge.commit()
+        purge.close()
+        thread.join(30)
+    result = outcome["result"]
+    assert "concurrent update, retrying" in caplog.text
+    assert (result.refused, result.raw_read) == (3, 0)
+    assert [c["count"] for c in aggregate_cells("m").values()] == [2]
