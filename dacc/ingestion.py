@@ -35,6 +35,9 @@ START_DATE = re.compile(
     r"(?:[Tt ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d{1,9})?)?(?:[Zz]|[+-]\d{2}(?::?\d{2})?)?)?"
 )
 _INT_GROUP_LIMIT = 10**KEY_LENGTH
+WILDCARD = "*"
+"""A group value of "*" marks a wildcard aggregate: a raw measure carrying it would be
+merged into the wildcard cell and skew (or unmask) it."""
 
 
 class Measure(NamedTuple):
@@ -193,6 +196,8 @@ def _group(field: str, key: str | None, group, name: str) -> dict | None:
     value = group[key]
     kind = type(value)
     if kind is str:
+        if value == WILDCARD:
+            raise BadRequest(f"{field}: '{WILDCARD}' is reserved for wildcard aggregates")
         ok = len(value) <= KEY_LENGTH and value.isprintable()
     elif kind is int:
         ok = abs(value) < _INT_GROUP_LIMIT

@@ -185,6 +185,7 @@ def test_created_by_must_match_the_definition(make_definition):
         ({"group1": {"g1": "x" * 101}}, r"^group1: the value of 'g1' must be"),
         ({"group1": {"g1": float("nan")}}, r"^group1: the value of 'g1' must be"),
         ({"group2": {"g2": "b"}}, r"^group2: measure 'm' has no group2"),
+        ({"group1": {"g1": "*"}}, r"^group1: '\*' is reserved for wildcard aggregates"),
     ],
 )
 def test_groups_must_match_the_definition_keys(definition, groups, message):
