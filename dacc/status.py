@@ -2,27 +2,41 @@
 
 import logging
 
+import psycopg2.errors
 import sqlalchemy as sa
 
 from dacc.db import db
 
 log = logging.getLogger(__name__)
 
+
 def check_database() -> dict:
-    """{"status": "ok"} or {"status": "ko", "error": short reason}; answers within seconds."""
+    """{"status": "ok"} or {"status": "ko", "error": short reason}; answers within seconds.
+
+    /status needs no token, so the reason is a fixed phrase: the driver's message
+    (host, address, user) goes to the log only.
+    """
     try:
         db.session.execute(sa.text("SET LOCAL statement_timeout = '2s'"))
         db.session.execute(sa.text("SELECT 1"))
         db.session.rollback()
         return {"status": "ok"}
-    except Exception as exc:  # any failure means "ko"; the reason is for operators
+    except Exception as exc:  # any failure means "ko"
         db.session.rollback()
-        reason = _short_reason(exc)
-        log.warning("database check failed: %s", reason)
-        return {"status": "ko", "error": reason}
+        log.warning("database check failed: %s", _driver_message(exc))
+        return {"status": "ko", "error": _public_reason(exc)}
 
 
-def _short_reason(exc: Exception) -> str:
+def _public_reason(exc: Exception) -> str:
+    original = getattr(exc, "orig", None) or exc
+    if isinstance(original, psycopg2.errors.QueryCanceled):
+        return "database did not answer in time"
+    if isinstance(exc, sa.exc.OperationalError) or isinstance(original, psycopg2.OperationalError):
+        return "database unreachable"
+    return "database error"
+
+
+def _driver_message(exc: Exception) -> str:
     original = getattr(exc, "orig", None) or exc
     text = str(original).strip().splitlines()
     return (text[0] if text else type(original).__name__)[:200]

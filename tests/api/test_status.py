@@ -35,7 +35,7 @@ def test_status_ko_within_5s_when_the_database_stops_and_ok_when_back(tmp_path):
         assert response.status_code == 503
         body = response.get_json()
         assert body["global_status"] == "ko"
-        assert body["db"]["status"] == "ko" and body["db"]["error"]
+        assert body["db"] == {"status": "ko", "error": "database unreachable"}
 
         server = pgserver.get_server(folder, cleanup_mode="stop")
         assert server.get_uri("s").replace("postgresql://", "postgresql+psycopg2://") == url
