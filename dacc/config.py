@@ -13,6 +13,9 @@ import yaml
 SYSTEM_CONFIG = Path("/etc/dacc/config.yml")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DB_KEYS = ("host", "port", "dbname", "user", "password")
+TOP_LEVEL_KEYS = ("database", "logging", "dacc")
+LOGGING_KEYS = ("enable", "logger_criticity")
+DACC_KEYS = ("data_dir", "token_cache_seconds", "statement_timeout_ms", "bench_endpoints")
 
 
 class ConfigError(click.ClickException):
@@ -62,6 +65,7 @@ def load_config(environ: dict[str, str] | None = None, cwd: Path | None = None) 
     values: dict = {"source": str(path) if path else "defaults"}
     where = str(path) if path else "config"
 
+    _refuse_unknown(raw, TOP_LEVEL_KEYS, "", where)
     section = env.get("DACC_ENV", "default")
     database = raw.get("database")
     if database is not None:
@@ -116,11 +120,9 @@ def _database_url(database, section: str, where: str) -> str:
     for key in ("host", "dbname", "user"):
         if not settings.get(key):
             raise ConfigError(f"{where}: missing key 'database.{section}.{key}'")
-    unknown = set(settings) - set(DB_KEYS)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key 'database.{section}.{sorted(unknown)[0]}'")
+    _refuse_unknown(settings, DB_KEYS, f"database.{section}.", where)
     port = settings.get("port", 5432)
-    if not isinstance(port, int) or not 0 < port < 65536:
+    if not _is_int(port) or not 0 < port < 65536:
         raise ConfigError(f"{where}: 'database.{section}.port' must be a port number")
     password = settings.get("password") or ""
     auth = quote(str(settings["user"]), safe="")
@@ -136,6 +138,7 @@ def _read_logging(logging_, where: str, values: dict) -> None:
         return
     if not isinstance(logging_, dict):
         raise ConfigError(f"{where}: key 'logging' must be a mapping")
+    _refuse_unknown(logging_, LOGGING_KEYS, "logging.", where)
     if "enable" in logging_:
         if not isinstance(logging_["enable"], bool):
             raise ConfigError(f"{where}: 'logging.enable' must be true or false")
@@ -155,22 +158,36 @@ def _read_dacc_section(section, where: str, values: dict) -> None:
         return
     if not isinstance(section, dict):
         raise ConfigError(f"{where}: key 'dacc' must be a mapping")
+    _refuse_unknown(section, DACC_KEYS, "dacc.", where)
     if "data_dir" in section:
-        values["data_dir"] = str(section["data_dir"])
+        if not isinstance(section["data_dir"], str) or not section["data_dir"]:
+            raise ConfigError(f"{where}: 'dacc.data_dir' must be a folder path")
+        values["data_dir"] = section["data_dir"]
     if "token_cache_seconds" in section:
         seconds = section["token_cache_seconds"]
-        if not isinstance(seconds, int) or not 0 <= seconds <= 60:
+        if not _is_int(seconds) or not 0 <= seconds <= 60:
             raise ConfigError(f"{where}: 'dacc.token_cache_seconds' must be 0..60")
         values["token_cache_seconds"] = seconds
     if "statement_timeout_ms" in section:
         timeout = section["statement_timeout_ms"]
-        if not isinstance(timeout, int) or timeout < 0:
+        if not _is_int(timeout) or timeout < 0:
             raise ConfigError(f"{where}: 'dacc.statement_timeout_ms' must be an integer ≥ 0")
         values["statement_timeout_ms"] = timeout
     if "bench_endpoints" in section:
         if not isinstance(section["bench_endpoints"], bool):
             raise ConfigError(f"{where}: 'dacc.bench_endpoints' must be true or false")
         values["bench_endpoints"] = section["bench_endpoints"]
+
+
+def _refuse_unknown(mapping: dict, known, prefix: str, where: str) -> None:
+    """A misspelt key would otherwise be ignored silently."""
+    unknown = sorted(str(key) for key in mapping if key not in known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key '{prefix}{unknown[0]}'")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def normalise_database_url(url: str, where: str = "database URL") -> str:
@@ -186,9 +203,15 @@ def normalise_database_url(url: str, where: str = "database URL") -> str:
 
 
 def redact_url(url: str) -> str:
-    """The URL with its password replaced, for logs."""
+    """The URL with its password replaced (in the authority and the query), for logs."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(":" + parts.password + "@", ":***@", 1)
-    return urlunsplit((parts.scheme, netloc) + tuple(parts)[2:])
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(":" + parts.password + "@", ":***@", 1)
+    query = "&".join(
+        f"{name}=***" if name.lower() == "password" else pair
+        for pair in parts.query.split("&")
+        if pair
+        for name in [pair.partition("=")[0]]
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))

@@ -73,6 +73,13 @@ def test_database_url_overrides_the_file(tmp_path):
         ("database: {default: {host: h, dbname: d, user: u, port: x}}", "port"),
         ("logging: {logger_criticity: loud}", "logging.logger_criticity"),
         ("logging: {enable: maybe}", "logging.enable"),
+        ("logging: {level: INFO}", "unknown key 'logging.level'"),
+        ("databse: {}", "unknown key 'databse'"),
+        ("dacc: {token_cache_second: 60}", "unknown key 'dacc.token_cache_second'"),
+        ("dacc: {token_cache_seconds: true}", "dacc.token_cache_seconds"),
+        ("dacc: {data_dir: null}", "dacc.data_dir"),
+        ("database: {default: {host: h, dbname: d, user: u, port: true}}", "port"),
+        ("database: {default: {host: h, dbname: d, user: u, pass: x}}", "database.default.pass"),
     ],
 )
 def test_bad_config_names_file_and_key(tmp_path, text, fault):
@@ -96,6 +103,11 @@ def test_unknown_url_scheme_is_refused():
 
 def test_redact_url_hides_the_password():
     assert redact_url("postgresql+psycopg2://u:secret@h/d") == "postgresql+psycopg2://u:***@h/d"
+
+
+def test_redact_url_hides_a_password_in_the_query():
+    redacted = redact_url("postgresql://u@h/d?sslmode=require&password=secret")
+    assert redacted == "postgresql://u@h/d?sslmode=require&password=***"
 
 
 def test_malformed_config_makes_the_cli_print_one_line_and_exit_1(tmp_path):
