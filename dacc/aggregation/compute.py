@@ -135,12 +135,17 @@ def compute_all_aggregations(*, force: bool = False) -> list[AggregationResult]:
     return results
 
 
-def delete_aggregations_from_date(definition: MeasureDefinition | str, day: date) -> tuple[datetime, int]:
+def delete_aggregations_from_date(
+    definition: MeasureDefinition | str, day: date, *, allow_purged_loss: bool = False
+) -> tuple[datetime, int]:
     """Delete the measure's aggregates (all levels) from `day`'s cell on; the next run rebuilds them.
 
     `day` is rounded down to the start of its aggregation period. The next run re-reads
-    every raw measure from there on. Returns (that start, rows deleted). Raises
-    Conflict while a run holds the measure. Commits, then refreshes the view.
+    every raw measure from there on. Returns (that start, rows deleted). A cell stamped
+    by a purge cannot be rebuilt (its purged raw measures are gone for good, and so
+    would be its stamp): unless `allow_purged_loss`, raises Conflict when any deleted
+    cell carries one, and deletes nothing. Raises Conflict while a run holds the
+    measure. Commits, then refreshes the view.
     """
     plan = _plan(_definition(definition))
     params = {"name": plan.name, "period": plan.period, "date": day}
@@ -151,12 +156,39 @@ def delete_aggregations_from_date(definition: MeasureDefinition | str, day: date
             if not conn.execute(sa.text(sql.TRY_XACT_LOCK), params).scalar():
                 raise Conflict(f"another run holds measure {plan.name}; try again when it ends")
             params["aligned"] = conn.execute(sa.text(sql.ALIGN_DATE), params).scalar()
-            deleted = conn.execute(sa.text(sql.DELETE_FROM_DATE), params).rowcount
+            deleted, purged = conn.execute(sa.text(sql.DELETE_FROM_DATE), params).one()
+            if purged and not allow_purged_loss:
+                # Leaving the block rolls the delete back.
+                raise Conflict(purged_loss_message(plan.name, params["aligned"], purged))
             conn.execute(sa.text(sql.SET_REBUILD), params)
+    if purged:
+        log.warning("aggregation %s: %d aggregates holding purged measures deleted from %s;"
+                    " that data is lost", plan.name, purged, params["aligned"])
     log.info("aggregation %s: %d aggregates deleted from %s, to be rebuilt",
              plan.name, deleted, params["aligned"])
     _refresh_view()
     return params["aligned"], deleted
+
+
+def count_purged_aggregations_from_date(
+    definition: MeasureDefinition | str, day: date
+) -> tuple[datetime, int]:
+    """(aligned start, aggregates stamped by a purge) that delete_aggregations_from_date
+    would delete: what a rebuild would lose. Reads only."""
+    plan = _plan(_definition(definition))
+    params = {"name": plan.name, "period": plan.period, "date": day}
+    with db.engine.connect() as conn:
+        params["aligned"] = conn.execute(sa.text(sql.ALIGN_DATE), params).scalar()
+        purged = conn.execute(sa.text(sql.COUNT_PURGED_FROM_DATE), params).scalar()
+    return params["aligned"], purged
+
+
+def purged_loss_message(name: str, aligned: datetime, purged: int) -> str:
+    return (
+        f"{purged} aggregate(s) of {name} from {aligned:%Y-%m-%d} on hold raw measures"
+        " that were purged: rebuilt from the raw measures left, they would lose that data"
+        " and their purge stamps for good (allow it explicitly: --allow-purged-loss)"
+    )
 
 
 def compute_wildcard_aggregate(

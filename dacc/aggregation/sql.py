@@ -163,7 +163,21 @@ ON CONFLICT (measure_name) DO UPDATE SET
 # rounded down to its cell's start; otherwise the kept cell holding that date would
 # get its later raw rows merged a second time by the rebuild.
 ALIGN_DATE = "SELECT date_trunc(:period, CAST(:date AS timestamp)) AS aligned"
-DELETE_FROM_DATE = "DELETE FROM aggregate WHERE measure_name = :name AND start_date >= :aligned"
+# The cells DELETE_FROM_DATE would delete that a purge stamped: their purged raw rows
+# cannot be re-read by the rebuild.
+COUNT_PURGED_FROM_DATE = """
+SELECT count(*) FROM aggregate
+WHERE measure_name = :name AND start_date >= :aligned AND last_raw_measures_purged IS NOT NULL
+"""
+# Counts the stamped cells it deletes in the same statement: a purge batch that stamps
+# a cell meanwhile is waited for and its stamp seen (READ COMMITTED re-reads the row).
+DELETE_FROM_DATE = """
+WITH gone AS (
+    DELETE FROM aggregate WHERE measure_name = :name AND start_date >= :aligned
+    RETURNING last_raw_measures_purged
+)
+SELECT count(*) AS deleted, count(last_raw_measures_purged) AS purged FROM gone
+"""
 # The next run re-reads every raw row from `aligned` on (an earlier pending rebuild
 # date wins). Without a state row no run has happened: every row is new anyway.
 SET_REBUILD = """

@@ -79,13 +79,33 @@ def compute_wildcard_aggregate_command(name, groups, from_date, to_date):
 @click.argument("name")
 @click.argument("date", type=click.DateTime(["%Y-%m-%d"]), metavar="DATE")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option(
+    "--allow-purged-loss",
+    is_flag=True,
+    help="Also delete aggregates whose raw measures were partly purged (that data is lost).",
+)
 @cli_errors
 @db_errors
-def delete_aggregations_from_date_command(name, date, yes):
-    """Delete NAME's aggregates from DATE (YYYY-MM-DD) on; the next run rebuilds them."""
+def delete_aggregations_from_date_command(name, date, yes, allow_purged_loss):
+    """Delete NAME's aggregates from DATE (YYYY-MM-DD) on; the next run rebuilds them.
+
+    Refuses (exit 1) when some of them hold raw measures that were purged, unless
+    --allow-purged-loss is given.
+    """
+    aligned, purged = compute.count_purged_aggregations_from_date(name, date.date())
+    if purged:
+        if not allow_purged_loss:
+            raise click.ClickException(compute.purged_loss_message(name, aligned, purged))
+        click.echo(
+            f"warning: {purged} aggregate(s) of {name} from {aligned:%Y-%m-%d} on hold purged"
+            " raw measures: they will be rebuilt from the raw measures left, that data is lost",
+            err=True,
+        )
     if not yes:
         click.confirm(f"Delete the aggregates of {name} from {date:%Y-%m-%d} on?", abort=True)
-    aligned, deleted = compute.delete_aggregations_from_date(name, date.date())
+    aligned, deleted = compute.delete_aggregations_from_date(
+        name, date.date(), allow_purged_loss=allow_purged_loss
+    )
     click.echo(
         f"{deleted} aggregate(s) of {name} deleted from {aligned:%Y-%m-%d} on;"
         " the next compute-aggregation rebuilds them from the raw measures"

@@ -141,6 +141,53 @@ def test_delete_aggregations_from_date_then_run_rebuilds_exactly(app, make_defin
     assert _scalar("SELECT rebuild_from FROM aggregation_state") is None
 
 
+def _stamp_as_purged(name="m"):
+    """What a purge does to the cells: stamp them (the raw rows are left, which only
+    makes a wrong rebuild easier to see)."""
+    db.session.execute(
+        sa.text("UPDATE aggregate SET last_raw_measures_purged = now() WHERE measure_name = :n"),
+        {"n": name},
+    )
+    db.session.commit()
+
+
+def _cell_totals(name="m"):
+    return db.session.execute(
+        sa.text(
+            "SELECT count, sum, last_raw_measures_purged IS NOT NULL FROM aggregate"
+            " WHERE measure_name = :n ORDER BY start_date"
+        ),
+        {"n": name},
+    ).all()
+
+
+def test_delete_aggregations_from_date_refuses_to_lose_purged_cells(app, make_definition):
+    make_definition("m")
+    insert_raw("m", [(Decimal(v), DAY, "app", {"g1": "x"}, None, None) for v in range(1, 6)])
+    compute_aggregation("m", force=True)
+    _stamp_as_purged()
+    db.session.execute(sa.text("DELETE FROM raw_measure"))  # the purge itself
+    db.session.commit()
+    insert_raw("m", _rows(1, "10.00"))
+    with pytest.raises(Conflict, match=r"1 aggregate\(s\) of m from 2024-03-04 on hold raw measures that were purged"):
+        delete_aggregations_from_date("m", DAY.date())
+    assert _cell_totals() == [(5, Decimal("15.00"), True)]
+    assert _scalar("SELECT rebuild_from FROM aggregation_state") is None
+
+
+def test_delete_aggregations_from_date_with_allowed_loss_rebuilds_from_what_is_left(app, make_definition):
+    make_definition("m")
+    insert_raw("m", [(Decimal(v), DAY, "app", {"g1": "x"}, None, None) for v in range(1, 6)])
+    compute_aggregation("m", force=True)
+    _stamp_as_purged()
+    db.session.execute(sa.text("DELETE FROM raw_measure"))
+    db.session.commit()
+    insert_raw("m", _rows(1, "10.00"))
+    assert delete_aggregations_from_date("m", DAY.date(), allow_purged_loss=True) == (DAY, 1)
+    compute_aggregation("m")
+    assert _cell_totals() == [(1, Decimal("10.00"), False)]
+
+
 def _purge_cell(day, group):
     """What a purge does: delete raw rows of the cell and stamp its aggregates."""
     db.session.execute(

@@ -148,3 +148,42 @@ def test_delete_aggregations_from_date_errors(runner, make_definition, args, cod
     result = runner.invoke(args=["delete-aggregations-from-date", *args])
     assert result.exit_code == code
     assert message in result.output
+
+
+def _aggregate_then_stamp_as_purged(runner, make_definition):
+    make_definition("m")
+    insert_raw("m", [(Decimal(v), DAY, "app", {"g1": "x"}, None, None) for v in range(1, 6)])
+    runner.invoke(args=["compute-aggregation", "m"])
+    db.session.execute(sa.text("UPDATE aggregate SET last_raw_measures_purged = now()"))
+    db.session.execute(sa.text("DELETE FROM raw_measure"))
+    db.session.commit()
+    insert_raw("m", _rows(1, "10.00"))
+
+
+def _totals():
+    rows = db.session.execute(
+        sa.text("SELECT count, sum, last_raw_measures_purged IS NOT NULL FROM aggregate")
+    ).all()
+    db.session.commit()
+    return rows
+
+
+def test_delete_aggregations_from_date_over_purged_cells_exits_1_and_keeps_them(runner, make_definition):
+    _aggregate_then_stamp_as_purged(runner, make_definition)
+    result = runner.invoke(args=["delete-aggregations-from-date", "m", "2024-04-01", "--yes"])
+    assert result.exit_code == 1
+    assert "1 aggregate(s) of m from 2024-04-01 on hold raw measures that were purged" in result.output
+    assert "--allow-purged-loss" in result.output
+    assert _totals() == [(5, Decimal("15.00"), True)]
+
+
+def test_delete_aggregations_from_date_allowing_purged_loss_warns_then_deletes(runner, make_definition):
+    _aggregate_then_stamp_as_purged(runner, make_definition)
+    result = runner.invoke(
+        args=["delete-aggregations-from-date", "m", "2024-04-01", "--allow-purged-loss"], input="y\n"
+    )
+    assert result.exit_code == 0, result.output
+    assert "warning: 1 aggregate(s) of m from 2024-04-01 on hold purged raw measures" in result.output
+    assert "1 aggregate(s) of m deleted from 2024-04-01 on" in result.output
+    runner.invoke(args=["compute-aggregation", "m"])
+    assert _totals() == [(1, Decimal("10.00"), False)]
