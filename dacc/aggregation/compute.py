@@ -197,14 +197,19 @@ def compute_wildcard_aggregate(
     *,
     from_date: date | None = None,
     to_date: date | None = None,
+    allow_purged_loss: bool = False,
 ) -> WildcardResult:
     """Recompute the wildcard level `groups` (e.g. ["group1", "group2"]) over a window.
 
-    Cells get the raw measures ingested (last_updated, UTC) from `from_date` (default
-    1970-01-01) to the end of `to_date` (default today); earlier rows of the same cells
-    are replaced. A level declared in the definition's wildcard_groups is refused: the
-    periodic aggregation keeps it exactly, a windowed recompute would break that.
-    Raises BadRequest for an unknown group, NotFound for an unknown measure. Commits.
+    Replaces every earlier row of the level with cells of the raw measures ingested
+    (last_updated, UTC) from `from_date` (default 1970-01-01) to the end of `to_date`
+    (default today), in one transaction under the measure's advisory lock. A level
+    declared in the definition's wildcard_groups is refused: the periodic aggregation
+    keeps it exactly, a windowed recompute would break that. Unless
+    `allow_purged_loss`, raises Conflict (nothing changed) when a row of the level was
+    stamped by a purge: its purged measures cannot be recomputed. Raises Conflict
+    while a run holds the measure, BadRequest for an unknown group, NotFound for an
+    unknown measure. Commits.
     """
     plan = _plan(_definition(definition))
     starred = _wildcard_level(plan, groups, where="groups")
@@ -225,9 +230,23 @@ def compute_wildcard_aggregate(
         "to_ts": datetime.combine(to_date + timedelta(days=1), datetime.min.time(), timezone.utc),
         **plan.stars,
     }
+    level = ",".join(sorted(starred))
     with db.engine.connect() as conn:
         with conn.begin():
             conn.execute(sa.text(sql.NO_TIMEOUT))
+            # The same lock as runs and delete-aggregations-from-date: no run of the
+            # measure interleaves with the delete and the recompute.
+            if not conn.execute(sa.text(sql.TRY_XACT_LOCK), params).scalar():
+                raise Conflict(f"another run holds measure {plan.name}; try again when it ends")
+            deleted, purged = conn.execute(
+                sa.text(sql.DELETE_WILDCARD_LEVEL.format(level=sql.wildcard_level(starred))), params
+            ).one()
+            if purged and not allow_purged_loss:
+                raise Conflict(
+                    f"{purged} wildcard aggregate(s) of {plan.name} ({level}) hold raw measures"
+                    " that were purged: recomputed, they would lose that data for good"
+                    " (allow it explicitly: --allow-purged-loss)"
+                )
             dates = conn.execute(
                 sa.text(sql.wildcard(starred, quartiles=plan.quartiles)), params
             ).scalars().all()
@@ -235,7 +254,8 @@ def compute_wildcard_aggregate(
     for start in sorted(dates):
         per_date[start] = per_date.get(start, 0) + 1
     result = WildcardResult(plan.name, sorted(starred), per_date, time.monotonic() - started)
-    log.info("wildcard %s %s: %d aggregates", plan.name, ",".join(result.groups), result.count)
+    log.info("wildcard %s %s: %d earlier rows deleted, %d aggregates",
+             plan.name, level, deleted, result.count)
     _refresh_view()
     return result
 

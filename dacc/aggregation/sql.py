@@ -186,8 +186,20 @@ SET rebuild_from = LEAST(coalesce(rebuild_from, :aligned), :aligned)
 WHERE measure_name = :name
 """
 
-# compute-wildcard-aggregate: recompute (not merge) the cells of one wildcard level
-# from the raw rows ingested in [from, to), replacing the rows of earlier computations.
+# compute-wildcard-aggregate: the level's rows are deleted first (same transaction,
+# under the measure's lock), then recomputed from the raw rows ingested in [from, to):
+# afterwards the level holds exactly that window, no cell of an earlier computation
+# outside it. A starred group is {key: "*"}; a group not starred is anything else
+# (NULL included, and any group when the definition has no key for it).
+DELETE_WILDCARD_LEVEL = """
+WITH gone AS (
+    DELETE FROM aggregate a
+    WHERE a.measure_name = :name
+      AND {level}
+    RETURNING a.last_raw_measures_purged
+)
+SELECT count(*) AS deleted, count(last_raw_measures_purged) AS purged FROM gone
+"""
 WILDCARD = """
 WITH cells AS (
     SELECT date_trunc(:period, r.start_date) AS start_date, r.created_by,
@@ -212,20 +224,6 @@ SELECT :name, c.start_date, c.created_by, c.group1, c.group2, c.group3,
        c.n, c.n_not_zero, c.s, c.ss, c.lo, c.hi, c.s / c.n, {std},
        c.p[2], c.p[1], c.p[3], now()
 FROM cells c
-ON CONFLICT (measure_name, start_date, created_by, group1, group2, group3)
-DO UPDATE SET
-    count = EXCLUDED.count,
-    count_not_zero = EXCLUDED.count_not_zero,
-    sum = EXCLUDED.sum,
-    sum_squares = EXCLUDED.sum_squares,
-    min = EXCLUDED.min,
-    max = EXCLUDED.max,
-    avg = EXCLUDED.avg,
-    std = EXCLUDED.std,
-    median = EXCLUDED.median,
-    first_quartile = EXCLUDED.first_quartile,
-    third_quartile = EXCLUDED.third_quartile,
-    last_updated = EXCLUDED.last_updated
 RETURNING a.start_date
 """
 WILDCARD_PERCENTILES = (
@@ -268,6 +266,15 @@ def refuse(levels: list[frozenset[str]], *, rebuild: bool) -> str:
         )
         exists.append(PURGED_CELL.format(groups=groups))
     return REFUSE.format(new_rows=new_rows(rebuild=rebuild), purged="\n        OR ".join(exists))
+
+
+def wildcard_level(starred: frozenset[str]) -> str:
+    """The condition on aggregate `a` that selects exactly the rows of one wildcard level."""
+    return "\n      AND ".join(
+        f"a.{g} = CAST(:star_{g} AS jsonb)" if g in starred
+        else f"coalesce(a.{g} <> CAST(:star_{g} AS jsonb), TRUE)"
+        for g in GROUPS
+    )
 
 
 def wildcard(starred: frozenset[str], *, quartiles: bool) -> str:

@@ -57,15 +57,24 @@ def compute_all_aggregations_command(force):
 @click.argument("groups")
 @click.option("--from-date", type=click.DateTime(["%Y-%m-%d"]), help="First ingestion day (default 1970-01-01).")
 @click.option("--to-date", type=click.DateTime(["%Y-%m-%d"]), help="Last ingestion day, included (default today).")
+@click.option(
+    "--allow-purged-loss",
+    is_flag=True,
+    help="Recompute even if rows of the level lost raw measures to a purge (that data is lost).",
+)
 @cli_errors
 @db_errors
-def compute_wildcard_aggregate_command(name, groups, from_date, to_date):
-    """Aggregate NAME with GROUPS (e.g. group1,group2) merged into {key: "*"}."""
+def compute_wildcard_aggregate_command(name, groups, from_date, to_date, allow_purged_loss):
+    """Aggregate NAME with GROUPS (e.g. group1,group2) merged into {key: "*"}.
+
+    Replaces all earlier rows of that level with the window's.
+    """
     result = compute.compute_wildcard_aggregate(
         name,
         [g.strip() for g in groups.split(",")],
         from_date=from_date.date() if from_date else None,
         to_date=to_date.date() if to_date else None,
+        allow_purged_loss=allow_purged_loss,
     )
     for start, count in result.per_start_date.items():
         click.echo(f"{start:%Y-%m-%d}: {count} wildcard aggregate(s)")

@@ -3,13 +3,20 @@
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 
+import psycopg2
 import pytest
 import sqlalchemy as sa
 
 from dacc.aggregation.compute import compute_aggregation, compute_wildcard_aggregate
 from dacc.db import db
-from dacc.errors import BadRequest, NotFound
-from tests.aggregation.helpers import aggregate_cells, assert_cells_equal, expected_cells, insert_raw
+from dacc.errors import BadRequest, Conflict, NotFound
+from tests.aggregation.helpers import (
+    aggregate_cells,
+    assert_cells_equal,
+    database_url,
+    expected_cells,
+    insert_raw,
+)
 
 DAY = datetime(2024, 6, 3)
 
@@ -103,3 +110,65 @@ def test_ad_hoc_wildcard_rows_are_not_merged_into_by_compute_aggregation(app, en
     insert_raw("energy", [(Decimal("1"), DAY, "app", {"heating": "gas"}, {"size": "s"}, None)])
     compute_aggregation("energy", force=True)
     assert aggregate_cells("energy", {"group2": "size"}) == before
+
+
+def _counts_by_cell(cells):
+    return sorted((k[0], k[2], c["count"]) for k, c in cells.items())
+
+
+def test_a_narrower_window_replaces_every_earlier_row_of_the_level(app, energy):
+    compute_aggregation("energy", force=True)
+    compute_wildcard_aggregate("energy", ["group1"])
+    compute_wildcard_aggregate("energy", ["group2"])
+    assert len(aggregate_cells("energy", {"group2": "size"})) == 4
+    levels = ({}, {"group1": "heating"})
+    others = [aggregate_cells("energy", level) for level in levels]
+    db.session.execute(
+        sa.text("UPDATE raw_measure SET last_updated = :t WHERE value < 0"),
+        {"t": datetime(2024, 1, 10, 12, tzinfo=timezone.utc)},
+    )
+    db.session.commit()
+    result = compute_wildcard_aggregate(
+        "energy", ["group2"], from_date=date(2024, 1, 10), to_date=date(2024, 1, 10)
+    )
+    # Only the three negative measures (-7 gas day 1, -4 gas day 2, -1 oil day 1) were
+    # ingested that day: the (oil, day 2) cell of the first computation is gone, and
+    # the others hold the window's measures only.
+    assert result.per_start_date == {DAY: 2, DAY + timedelta(days=1): 1}
+    cells = aggregate_cells("energy", {"group2": "size"})
+    assert _counts_by_cell(cells) == [
+        (DAY, '{"heating": "gas"}', 1),
+        (DAY, '{"heating": "oil"}', 1),
+        (DAY + timedelta(days=1), '{"heating": "gas"}', 1),
+    ]
+    assert sorted(c["sum"] for c in cells.values()) == [Decimal("-7"), Decimal("-4"), Decimal("-1")]
+    assert [aggregate_cells("energy", level) for level in levels] == others
+
+
+def test_a_run_holding_the_measure_makes_it_a_conflict_and_changes_nothing(app, energy):
+    compute_wildcard_aggregate("energy", ["group2"])
+    before = aggregate_cells("energy")
+    holder = psycopg2.connect(database_url())
+    try:
+        with holder.cursor() as cur:
+            cur.execute("SELECT pg_advisory_lock(hashtextextended('dacc.aggregate:' || 'energy', 0))")
+        with pytest.raises(Conflict, match="another run holds measure energy"):
+            compute_wildcard_aggregate("energy", ["group2"], from_date=date(2030, 1, 1), to_date=date(2030, 1, 1))
+    finally:
+        holder.close()
+    assert aggregate_cells("energy") == before
+
+
+def test_a_level_stamped_by_a_purge_is_recomputed_only_when_loss_is_allowed(app, energy):
+    compute_wildcard_aggregate("energy", ["group2"])
+    db.session.execute(sa.text("UPDATE aggregate SET last_raw_measures_purged = now() WHERE start_date = :d"), {"d": DAY})
+    db.session.commit()
+    before = aggregate_cells("energy")
+    with pytest.raises(Conflict, match=r"2 wildcard aggregate\(s\) of energy \(group2\) hold raw measures that were purged"):
+        compute_wildcard_aggregate("energy", ["group2"])
+    assert aggregate_cells("energy") == before
+    assert compute_wildcard_aggregate("energy", ["group2"], allow_purged_loss=True).count == 4
+    stamped = db.session.execute(
+        sa.text("SELECT count(*) FROM aggregate WHERE last_raw_measures_purged IS NOT NULL")
+    ).scalar()
+    assert stamped == 0
