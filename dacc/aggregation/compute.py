@@ -42,6 +42,8 @@ class AggregationResult:
     skipped: str | None = None
     """Why nothing ran: frequency not elapsed, or another run holds the measure."""
     error: str | None = None
+    view_error: str | None = None
+    """Why filtered_aggregation was not refreshed after the commit (the run itself stands)."""
 
     @property
     def ok(self) -> bool:
@@ -55,10 +57,21 @@ class WildcardResult:
     per_start_date: dict[datetime, int]
     """Aggregates written per cell start date, in date order."""
     seconds: float = 0.0
+    view_error: str | None = None
+    """Why filtered_aggregation was not refreshed after the commit."""
 
     @property
     def count(self) -> int:
         return sum(self.per_start_date.values())
+
+
+@dataclasses.dataclass
+class AllAggregationsResult:
+    """What compute_all_aggregations did: one result per measure, then the view refresh."""
+
+    results: list[AggregationResult]
+    view_error: str | None = None
+    """Why filtered_aggregation was not refreshed (every measure's work stands)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,8 +96,10 @@ def compute_aggregation(
     commits; a failure or a kill at any point leaves nothing. Skips (result.skipped)
     when another run holds the measure, or, unless `force`, when its execution
     frequency has not elapsed since the last run. Refreshes filtered_aggregation after
-    the commit unless `refresh_view` is false. Raises NotFound for an unknown name,
-    BadRequest for a malformed wildcard level.
+    the commit unless `refresh_view` is false; a refresh that fails (view missing,
+    database error) is reported in result.view_error, not raised, since the run is
+    committed. Raises NotFound for an unknown name, BadRequest for a malformed
+    wildcard level.
     """
     plan = _plan(_definition(definition))
     started = time.monotonic()
@@ -111,15 +126,16 @@ def compute_aggregation(
         result.seconds,
     )
     if refresh_view:
-        _refresh_view()
+        result.view_error = _refresh_view()
     return result
 
 
-def compute_all_aggregations(*, force: bool = False) -> list[AggregationResult]:
+def compute_all_aggregations(*, force: bool = False) -> AllAggregationsResult:
     """Run compute_aggregation for every definition, in name order, then refresh the view once.
 
     Measures are independent: an error on one is recorded in its result (`error`) and
-    the others still run. Commits per measure.
+    the others still run. A failed refresh is recorded in `view_error`. Commits per
+    measure.
     """
     names = db.session.scalars(sa.select(MeasureDefinition.name).order_by(MeasureDefinition.name)).all()
     results = []
@@ -131,8 +147,7 @@ def compute_all_aggregations(*, force: bool = False) -> list[AggregationResult]:
             log.exception("aggregation %s failed", name)
             message = exc.message if isinstance(exc, DaccError) else db_error_message(exc)
             results.append(AggregationResult(name, error=message))
-    _refresh_view()
-    return results
+    return AllAggregationsResult(results, view_error=_refresh_view())
 
 
 def delete_aggregations_from_date(
@@ -256,7 +271,7 @@ def compute_wildcard_aggregate(
     result = WildcardResult(plan.name, sorted(starred), per_date, time.monotonic() - started)
     log.info("wildcard %s %s: %d earlier rows deleted, %d aggregates",
              plan.name, level, deleted, result.count)
-    _refresh_view()
+    result.view_error = _refresh_view()
     return result
 
 
@@ -380,13 +395,21 @@ def _definition(definition: MeasureDefinition | str) -> MeasureDefinition:
     return found
 
 
-def _refresh_view() -> None:
+def _refresh_view() -> str | None:
+    """Refresh filtered_aggregation after committed work; why it failed, else None.
+
+    Never raises: the aggregates are committed by then, and a caller must be able to
+    report them as well as the failed refresh.
+    """
     from dacc.filtered_view import refresh_filtered_view
 
     try:
         refresh_filtered_view()
-    except NotFound as exc:
-        log.warning("aggregates saved, but the view was not refreshed: %s", exc.message)
+    except (NotFound, SQLAlchemyError) as exc:
+        message = exc.message if isinstance(exc, DaccError) else db_error_message(exc)
+        log.warning("aggregates saved, but the view was not refreshed: %s", message)
+        return message
+    return None
 
 
 def db_error_message(exc: SQLAlchemyError) -> str:

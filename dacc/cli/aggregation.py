@@ -7,6 +7,7 @@ import time
 import click
 from sqlalchemy.exc import SQLAlchemyError
 
+from dacc import filtered_view
 from dacc.aggregation import compute
 from dacc.cli.errors import cli_errors
 
@@ -34,6 +35,7 @@ def compute_aggregation_command(name, force):
     result = compute.compute_aggregation(name, force=force)
     _echo(result)
     _summary([result], result.seconds)
+    _check_view(result.view_error)
 
 
 @click.command("compute-all-aggregations")
@@ -43,13 +45,16 @@ def compute_aggregation_command(name, force):
 def compute_all_aggregations_command(force):
     """Aggregate the new raw measures of every measure."""
     started = time.monotonic()
-    results = compute.compute_all_aggregations(force=force)
-    for result in results:
+    run = compute.compute_all_aggregations(force=force)
+    for result in run.results:
         _echo(result)
-    _summary(results, time.monotonic() - started)
-    failed = [r.measure_name for r in results if not r.ok]
+    _summary(run.results, time.monotonic() - started)
+    failed = [r.measure_name for r in run.results if not r.ok]
     if failed:
+        if run.view_error:
+            click.echo(_view_message(run.view_error), err=True)
         raise click.ClickException(f"aggregation failed for: {', '.join(failed)}")
+    _check_view(run.view_error)
 
 
 @click.command("compute-wildcard-aggregate")
@@ -82,6 +87,7 @@ def compute_wildcard_aggregate_command(name, groups, from_date, to_date, allow_p
         f"{result.count} wildcard aggregate(s) computed for {name} ({','.join(result.groups)})"
         f" in {result.seconds:.2f} s"
     )
+    _check_view(result.view_error)
 
 
 @click.command("delete-aggregations-from-date")
@@ -119,6 +125,16 @@ def delete_aggregations_from_date_command(name, date, yes, allow_purged_loss):
         f"{deleted} aggregate(s) of {name} deleted from {aligned:%Y-%m-%d} on;"
         " the next compute-aggregation rebuilds them from the raw measures"
     )
+
+
+def _view_message(error: str) -> str:
+    return f"aggregates saved, but {filtered_view.VIEW} was not refreshed: {error}"
+
+
+def _check_view(error: str | None) -> None:
+    """Exit 1 when the view was not refreshed: /aggregate still serves the old data."""
+    if error:
+        raise click.ClickException(_view_message(error))
 
 
 def _echo(result: compute.AggregationResult) -> None:

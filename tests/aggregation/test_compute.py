@@ -115,7 +115,7 @@ def test_other_measures_can_run_while_one_is_held(app, make_definition):
     with holder.cursor() as cur:
         cur.execute("SELECT pg_advisory_lock(hashtextextended('dacc.aggregate:a', 0))")
     try:
-        results = {r.measure_name: r for r in compute_all_aggregations(force=True)}
+        results = {r.measure_name: r for r in compute_all_aggregations(force=True).results}
     finally:
         holder.close()
     assert results["a"].skipped == "another run holds measure a"
