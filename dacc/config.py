@@ -15,7 +15,13 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DB_KEYS = ("host", "port", "dbname", "user", "password")
 TOP_LEVEL_KEYS = ("database", "logging", "dacc")
 LOGGING_KEYS = ("enable", "logger_criticity")
-DACC_KEYS = ("data_dir", "token_cache_seconds", "statement_timeout_ms", "bench_endpoints")
+DACC_KEYS = (
+    "data_dir",
+    "token_cache_seconds",
+    "aggregate_cache_seconds",
+    "statement_timeout_ms",
+    "bench_endpoints",
+)
 
 
 class ConfigError(click.ClickException):
@@ -40,6 +46,8 @@ class Config:
     log_level: str = "INFO"
     token_cache_seconds: int = 5
     """How long a process trusts a token it already checked (at most 60)."""
+    aggregate_cache_seconds: int = 2
+    """How long a process keeps an /aggregate answer (0..60; 0 turns the cache off)."""
     statement_timeout_ms: int = 30_000
     """Default statement timeout of web requests; jobs lift it."""
     bench_endpoints: bool = False
@@ -163,11 +171,12 @@ def _read_dacc_section(section, where: str, values: dict) -> None:
         if not isinstance(section["data_dir"], str) or not section["data_dir"]:
             raise ConfigError(f"{where}: 'dacc.data_dir' must be a folder path")
         values["data_dir"] = section["data_dir"]
-    if "token_cache_seconds" in section:
-        seconds = section["token_cache_seconds"]
-        if not _is_int(seconds) or not 0 <= seconds <= 60:
-            raise ConfigError(f"{where}: 'dacc.token_cache_seconds' must be 0..60")
-        values["token_cache_seconds"] = seconds
+    for key in ("token_cache_seconds", "aggregate_cache_seconds"):
+        if key in section:
+            seconds = section[key]
+            if not _is_int(seconds) or not 0 <= seconds <= 60:
+                raise ConfigError(f"{where}: 'dacc.{key}' must be 0..60")
+            values[key] = seconds
     if "statement_timeout_ms" in section:
         timeout = section["statement_timeout_ms"]
         if not _is_int(timeout) or timeout < 0:

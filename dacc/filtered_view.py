@@ -11,7 +11,7 @@ from sqlalchemy.exc import DBAPIError
 from dacc.db import db
 from dacc.errors import Conflict, NotFound
 from dacc.privacy import PUBLISHABLE_AGGREGATES
-from dacc.restitution import SERVED_ORDER_KEY, SERVED_ROW_JSON
+from dacc.restitution import SERVED_ORDER_KEY, SERVED_ROW_JSON, forget_cached_reads
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ def create_filtered_view() -> None:
         if _populated(conn, VIEW) is not None:
             raise Conflict(f"{VIEW} already exists (recreate-filtered-aggregation rebuilds it)")
         _build(conn, VIEW)
+    forget_cached_reads()
     log.info("%s created", VIEW)
 
 
@@ -74,6 +75,7 @@ def refresh_filtered_view(*, concurrently: bool = True) -> None:
             raise NotFound(f"{VIEW} does not exist (create-filtered-aggregation creates it)")
         mode = "CONCURRENTLY " if concurrently and populated else ""
         conn.execute(sa.text(f"REFRESH MATERIALIZED VIEW {mode}{VIEW}"))
+    forget_cached_reads()
 
 
 def delete_filtered_view() -> None:
@@ -82,6 +84,7 @@ def delete_filtered_view() -> None:
         if _populated(conn, VIEW) is None:
             raise NotFound(f"{VIEW} does not exist")
         conn.execute(sa.text(f"DROP MATERIALIZED VIEW {VIEW}"))
+    forget_cached_reads()
     log.info("%s deleted", VIEW)
 
 
@@ -116,6 +119,7 @@ def recreate_filtered_view() -> None:
             log.warning("%s: readers held the view, swap attempt %d failed", VIEW, attempt)
     else:
         raise Conflict(f"{VIEW} stayed busy with readers; try recreate again later")
+    forget_cached_reads()
     log.info("%s recreated", VIEW)
 
 

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from datetime import datetime, timezone
 
 import sqlalchemy as sa
+from flask import current_app
 
 from dacc.db import db
 from dacc.errors import BadRequest, Forbidden
@@ -51,6 +55,20 @@ _READ = sa.text(
 )
 
 
+CACHE = "dacc_aggregate_cache"
+CACHE_ENTRIES = 512
+CACHE_MAX_ROWS_BYTES = 1 << 20
+"""Answers larger than this are not kept: the cache is for the common small ranges."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Found:
+    org: str
+    access_public: bool
+    access_app: bool
+    rows: str
+
+
 @dataclasses.dataclass(frozen=True)
 class AggregateQuery:
     """A validated /aggregate request: [start, end) in UTC (naive)."""
@@ -81,6 +99,55 @@ def read_aggregates(params: Mapping, *, token: TokenIdentity) -> str:
     Reads only.
     """
     query = parse_aggregate_query(params)
+    found = _cached_read(query)
+    if found is None:
+        raise BadRequest(f"No measure definition found for: {query.measure_name}")
+    allowed = may_read_results(
+        owner_org=found.org, access_public=found.access_public, access_app=found.access_app, token=token
+    )
+    if not allowed:
+        raise Forbidden(f"You cannot access results for this measure: {query.measure_name}")
+    return found.rows
+
+
+def forget_cached_reads() -> None:
+    """Drop this process's cached answers (after the view changed)."""
+    cache = current_app.extensions.get(CACHE)
+    if cache is not None:
+        with cache[0]:
+            cache[1].clear()
+
+
+def _cached_read(query: AggregateQuery) -> _Found | None:
+    """The view's answer, kept `aggregate_cache_seconds` per process.
+
+    Many clients ask the same ranges, and the view only changes when a job refreshes
+    it: this process forgets its answers at once when it refreshes the view, other
+    processes within the TTL. A cached answer was published by the view when read, so
+    serving it a little longer discloses nothing new. Unknown measures are not kept,
+    and access is checked on every request.
+    """
+    ttl = current_app.config["DACC"].aggregate_cache_seconds
+    if ttl <= 0:
+        return _read(query)
+    lock, entries = current_app.extensions.setdefault(CACHE, (threading.Lock(), OrderedDict()))
+    now = time.monotonic()
+    with lock:
+        hit = entries.get(query)
+        if hit is not None and hit[0] > now:
+            entries.move_to_end(query)
+            return hit[1]
+    found = _read(query)
+    if found is not None and len(found.rows) <= CACHE_MAX_ROWS_BYTES:
+        with lock:
+            entries[query] = (now + ttl, found)
+            entries.move_to_end(query)
+            while len(entries) > CACHE_ENTRIES:
+                entries.popitem(last=False)
+    return found
+
+
+def _read(query: AggregateQuery) -> _Found | None:
     values = {
         "name": query.measure_name,
         "start": query.start,
@@ -90,15 +157,8 @@ def read_aggregates(params: Mapping, *, token: TokenIdentity) -> str:
     # One statement, so no transaction: autocommit spares the BEGIN and ROLLBACK round
     # trips that a session would add to the hot path.
     with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        found = conn.execute(_READ, values).one_or_none()
-    if found is None:
-        raise BadRequest(f"No measure definition found for: {query.measure_name}")
-    allowed = may_read_results(
-        owner_org=found.org, access_public=found.access_public, access_app=found.access_app, token=token
-    )
-    if not allowed:
-        raise Forbidden(f"You cannot access results for this measure: {query.measure_name}")
-    return found.rows
+        row = conn.execute(_READ, values).one_or_none()
+    return None if row is None else _Found(row.org, row.access_public, row.access_app, row.rows)
 
 
 def _text(field: str, value, limit: int, *, required: bool = False) -> str | None:

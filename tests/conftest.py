@@ -54,6 +54,7 @@ def app(session_app):
         _truncate_all()
         session_app.extensions.pop("dacc_token_cache", None)
         session_app.extensions.pop("dacc_definition_cache", None)
+        session_app.extensions.pop("dacc_aggregate_cache", None)
 
 
 @pytest.fixture

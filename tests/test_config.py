@@ -141,3 +141,12 @@ def test_bench_endpoints_must_be_a_boolean(tmp_path, value):
     with pytest.raises(ConfigError) as info:
         load_config({}, tmp_path)
     assert info.value.message == f"{path}: 'dacc.bench_endpoints' must be true or false"
+
+
+def test_aggregate_cache_seconds_is_read_and_bounded(tmp_path):
+    path = tmp_path / "config.yml"
+    path.write_text("dacc: {aggregate_cache_seconds: 0}")
+    assert load_config({}, tmp_path).aggregate_cache_seconds == 0
+    path.write_text("dacc: {aggregate_cache_seconds: 61}")
+    with pytest.raises(ConfigError, match="dacc.aggregate_cache_seconds"):
+        load_config({}, tmp_path)

@@ -177,3 +177,63 @@ def test_a_read_is_one_statement(app, make_definition):
     finally:
         sa.event.remove(db.engine, "before_cursor_execute", count)
     assert len(statements) == 1
+
+
+def _count_statements(func) -> int:
+    statements = []
+
+    def count(conn, cursor, statement, *args):
+        statements.append(statement)
+
+    sa.event.listen(db.engine, "before_cursor_execute", count)
+    try:
+        func()
+    finally:
+        sa.event.remove(db.engine, "before_cursor_execute", count)
+    return len(statements)
+
+
+def test_a_repeated_read_is_answered_from_the_cache(app, make_definition):
+    define(make_definition, groups=1, k=1)
+    put_aggregates("m", {("x",): 1})
+    first = _read()
+    assert _count_statements(lambda: _read()) == 0
+    assert _read() == first
+
+
+def test_the_cache_is_forgotten_when_the_view_is_refreshed(app, make_definition):
+    define(make_definition, groups=1, k=1)
+    put_aggregates("m", {("x",): 1})
+    assert [r["group1"]["a"] for r in _read()] == ["x"]
+    put_aggregates("m", {("y",): 1})  # refreshes the view
+    assert [r["group1"]["a"] for r in _read()] == ["x", "y"]
+
+
+def test_access_is_checked_even_on_a_cached_answer(app, make_definition):
+    define(make_definition, groups=1, k=1)
+    put_aggregates("m", {("x",): 1})
+    _read()
+    stranger = TokenIdentity(2, "other", frozenset({"aggregate:read"}))
+    with pytest.raises(Forbidden):
+        read_aggregates(MARCH, token=stranger)
+
+
+def test_an_unknown_measure_is_not_cached(app, make_definition):
+    with pytest.raises(BadRequest, match="No measure definition found for: m"):
+        _read()
+    define(make_definition, groups=1, k=1)
+    assert _read() == []
+
+
+def test_the_cache_can_be_turned_off(app, make_definition):
+    import dataclasses
+
+    define(make_definition, groups=1, k=1)
+    put_aggregates("m", {("x",): 1})
+    config = app.config["DACC"]
+    app.config["DACC"] = dataclasses.replace(config, aggregate_cache_seconds=0)
+    try:
+        _read()
+        assert _count_statements(lambda: _read()) == 1
+    finally:
+        app.config["DACC"] = config
