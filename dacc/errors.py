@@ -61,6 +61,16 @@ class UnsupportedMediaType(DaccError):
     status = 415
 
 
+def error_message(exc: Exception) -> str:
+    """One line for a log, a summary or the CLI: a DaccError's message, else the first
+    line of the database's message (no SQL, no parameters), else the exception's type."""
+    if isinstance(exc, DaccError):
+        return exc.message
+    orig = getattr(exc, "orig", None)
+    lines = str(orig).strip().splitlines() if orig is not None else []
+    return lines[0] if lines else type(exc).__name__
+
+
 def register_error_handlers(app):
     """Turn every error into `{"error": ...}` JSON; never HTML, never a traceback."""
 

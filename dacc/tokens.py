@@ -24,6 +24,8 @@ SCOPES = ("measure:write", "aggregate:read")
 SECRET_PREFIX = "dacc_"
 SECRET_SHAPE = re.compile(r"^dacc_[A-Za-z0-9_-]{43}$")
 DISPLAY_PREFIX_LENGTH = 12
+LABEL_LENGTH = 200
+"""The api_token.label column's length."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +40,7 @@ class TokenIdentity:
 def create_token(org: str, *, label=None, scopes=SCOPES, expires_in_days=None) -> tuple[ApiToken, str]:
     """Store a new token for `org`; return it with its secret, which is never shown again."""
     _check_org(org)
+    _check_label(label)
     scopes = _check_scopes(scopes)
     secret = _new_secret()
     token = ApiToken(
@@ -162,6 +165,11 @@ def _expiry(days) -> datetime | None:
 def _check_org(org: str) -> None:
     if not org or len(org) > 100:
         raise BadRequest("org: must be 1 to 100 characters")
+
+
+def _check_label(label) -> None:
+    if label is not None and (not isinstance(label, str) or len(label) > LABEL_LENGTH):
+        raise BadRequest(f"label: must be text of at most {LABEL_LENGTH} characters")
 
 
 def _check_scopes(scopes) -> tuple[str, ...]:

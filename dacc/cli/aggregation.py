@@ -1,35 +1,19 @@
 """Aggregation commands, under their DACC names: compute-aggregation, compute-all-aggregations,
 compute-wildcard-aggregate, delete-aggregations-from-date."""
 
-import functools
 import time
 
 import click
-from sqlalchemy.exc import SQLAlchemyError
 
 from dacc import filtered_view
 from dacc.aggregation import compute
 from dacc.cli.errors import cli_errors
 
 
-def db_errors(func):
-    """A database failure becomes one line and exit 1 (the run left nothing behind)."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except SQLAlchemyError as exc:
-            raise click.ClickException(f"failed: {compute.db_error_message(exc)}") from None
-
-    return wrapper
-
-
 @click.command("compute-aggregation")
 @click.argument("name")
 @click.option("--force", is_flag=True, help="Run even if the execution frequency has not elapsed.")
 @cli_errors
-@db_errors
 def compute_aggregation_command(name, force):
     """Aggregate the raw measures of NAME that arrived since its previous run."""
     result = compute.compute_aggregation(name, force=force)
@@ -41,7 +25,6 @@ def compute_aggregation_command(name, force):
 @click.command("compute-all-aggregations")
 @click.option("--force", is_flag=True, help="Run even if execution frequencies have not elapsed.")
 @cli_errors
-@db_errors
 def compute_all_aggregations_command(force):
     """Aggregate the new raw measures of every measure."""
     started = time.monotonic()
@@ -68,7 +51,6 @@ def compute_all_aggregations_command(force):
     help="Recompute even if rows of the level lost raw measures to a purge (that data is lost).",
 )
 @cli_errors
-@db_errors
 def compute_wildcard_aggregate_command(name, groups, from_date, to_date, allow_purged_loss):
     """Aggregate NAME with GROUPS (e.g. group1,group2) merged into {key: "*"}.
 
@@ -100,7 +82,6 @@ def compute_wildcard_aggregate_command(name, groups, from_date, to_date, allow_p
     help="Also delete aggregates whose raw measures were partly purged (that data is lost).",
 )
 @cli_errors
-@db_errors
 def delete_aggregations_from_date_command(name, date, yes, allow_purged_loss):
     """Delete NAME's aggregates from DATE (YYYY-MM-DD) on; the next run rebuilds them.
 

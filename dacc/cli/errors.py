@@ -1,14 +1,17 @@
-"""Domain errors become one-line CLI errors with a non-zero exit."""
+"""Domain and database errors become one-line CLI errors with a non-zero exit."""
 
 import functools
 
 import click
+from sqlalchemy.exc import SQLAlchemyError
 
-from dacc.errors import DaccError
+from dacc.db import db
+from dacc.errors import DaccError, error_message
 
 
 def cli_errors(func):
-    """Turn a DaccError raised by the command into a ClickException (exit 1)."""
+    """Turn a DaccError or a database error raised by the command into a ClickException
+    (one line on stderr, exit 1) instead of a traceback."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -16,5 +19,9 @@ def cli_errors(func):
             return func(*args, **kwargs)
         except DaccError as exc:
             raise click.ClickException(exc.message) from None
+        except SQLAlchemyError as exc:
+            # The domain function's transaction did not commit; leave the session usable.
+            db.session.rollback()
+            raise click.ClickException(f"failed: {error_message(exc)}") from None
 
     return wrapper

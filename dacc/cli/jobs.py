@@ -6,7 +6,6 @@ import click
 from flask.cli import AppGroup
 
 from dacc import jobs
-from dacc.cli.aggregation import db_errors
 from dacc.cli.errors import cli_errors
 from dacc.cli.purge import echo_table
 from dacc.errors import Conflict
@@ -16,7 +15,6 @@ jobs_group = AppGroup("jobs", help="Periodic jobs (run them from cron or the sch
 
 @jobs_group.command("run")
 @cli_errors
-@db_errors
 def run_command():
     """Aggregate due measures, refresh the view, purge by retention; print a summary.
 

@@ -4,7 +4,6 @@ import click
 from flask.cli import AppGroup
 
 from dacc import purge
-from dacc.cli.aggregation import db_errors
 from dacc.cli.errors import cli_errors
 
 purge_group = AppGroup(
@@ -21,7 +20,6 @@ _BATCH_HELP = "Rows per delete transaction."
 @click.option("--batch-size", type=click.IntRange(min=1), default=purge.BATCH_SIZE,
               show_default=True, help=_BATCH_HELP)
 @cli_errors
-@db_errors
 def measure_command(name, days, batch_size):
     """Purge the raw measures of measure NAME.
 
@@ -42,7 +40,6 @@ def measure_command(name, days, batch_size):
 @click.option("--batch-size", type=click.IntRange(min=1), default=purge.BATCH_SIZE,
               show_default=True, help=_BATCH_HELP)
 @cli_errors
-@db_errors
 def all_measures_command(days, batch_size):
     """Purge the raw measures of every measure.
 

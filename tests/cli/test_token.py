@@ -35,6 +35,15 @@ def test_create_with_unknown_scope_fails(runner, app):
     assert db.session.scalar(sa.select(sa.func.count()).select_from(ApiToken)) == 0
 
 
+def test_create_with_a_label_over_200_characters_is_refused(runner, app):
+    result = runner.invoke(args=["token", "create", "o", "--label", "x" * 201])
+    assert result.exit_code == 1
+    assert result.output.strip() == "Error: label: must be text of at most 200 characters"
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(ApiToken)) == 0
+    assert runner.invoke(args=["token", "create", "o", "--label", "x" * 200]).exit_code == 0
+    assert db.session.scalar(sa.select(ApiToken.label)) == "x" * 200
+
+
 def test_get_lists_tokens_without_secrets(runner):
     secret = _secret(runner.invoke(args=["token", "create", "myorg", "--label", "first"]))
     result = runner.invoke(args=["token", "get", "myorg"])
