@@ -6,13 +6,16 @@ import dataclasses
 import json
 import logging
 import time
+from datetime import datetime
 from pathlib import Path
 
 import sqlalchemy as sa
 from flask import current_app
 
+from dacc.aggregation.compute import delete_aggregations_from_date
 from dacc.db import db
-from dacc.errors import BadRequest, NotFound
+from dacc.errors import BadRequest, DaccError, NotFound
+from dacc.filtered_view import refresh_filtered_view
 from dacc.models import (
     Aggregate,
     AggregationState,
@@ -223,9 +226,13 @@ def _wildcard_levels(levels, group_count: int) -> list[list[str]]:
 def upsert_definitions(rows: list[dict]) -> list[tuple[str, str]]:
     """Insert or update validated definitions by name, in one transaction.
 
-    Returns (name, "inserted" | "updated" | "unchanged") per definition. An `id` is used
-    for a new definition and must match an existing one's. Raises BadRequest (nothing
-    written) when an id clashes. Commits.
+    Returns (name, "inserted" | "updated" | "rebuilding" | "unchanged") per definition;
+    "rebuilding": updated, and its aggregates deleted for the next aggregation run to
+    rebuild them from the raw measures (its wildcard levels changed). An `id` is used for
+    a new definition and must match an existing one's. Raises BadRequest (nothing
+    written) when an id clashes or a change would leave stored data wrong (see
+    _check_changes), Conflict when an aggregation run holds a measure to rebuild.
+    Commits, then refreshes filtered_aggregation when a threshold changed.
     """
     names = [row["name"] for row in rows]
     existing = {
@@ -237,6 +244,7 @@ def upsert_definitions(rows: list[dict]) -> list[tuple[str, str]]:
     with_id = [row for row in rows if row["id"] is not None]
     outcomes = {}
     try:
+        rebuilds, view_changed = _check_changes(rows, existing)
         # Rows with an explicit id first; the identity sequence, which they bypass, then
         # moves past them before the other rows take ids from it.
         for row in with_id:
@@ -248,16 +256,118 @@ def upsert_definitions(rows: list[dict]) -> list[tuple[str, str]]:
             if row["id"] is None:
                 outcomes[row["name"]] = _upsert_one(row, existing.get(row["name"]))
         _flush()
-    except BadRequest:
+        _schedule_rebuilds([existing[name] for name in rebuilds], rebuilds)
+    except DaccError:
         db.session.rollback()
         raise
+    for name in rebuilds:
+        outcomes[name] = "rebuilding"
     results = [(row["name"], outcomes[row["name"]]) for row in rows]
     db.session.commit()
     forget_cached_definitions()
     for name, outcome in results:
         if outcome != "unchanged":
             log.info("definition %s %s", name, outcome)
+    if view_changed:
+        _refresh_view()
     return results
+
+
+# Columns that shape stored rows: raw start dates are cut to the period at ingestion,
+# groups are stored under their keys, cells hold quartiles or not. Changing one under
+# stored data would mix old and new shapes in the same measure.
+FIXED_WITH_DATA = {
+    "aggregation_period": "aggregationPeriod",
+    "group1_key": "group1Key",
+    "group2_key": "group2Key",
+    "group3_key": "group3Key",
+    "with_quartiles": "withQuartiles",
+}
+VIEW_COLUMNS = ("aggregation_threshold",)
+"""Columns that filtered_aggregation reads: changing one calls for a refresh."""
+
+
+def _check_changes(rows: list[dict], existing: dict) -> tuple[dict[str, datetime], bool]:
+    """Refuse changes that stored data forbids; nothing is written here.
+
+    Returns the measures whose aggregates must be rebuilt (name → first cell start) and
+    whether the view needs a refresh. Raises one BadRequest listing every fault.
+    """
+    errors, rebuilds, view_changed = [], {}, False
+    for index, row in enumerate(rows):
+        current = existing.get(row["name"])
+        if current is None:
+            continue
+        changed = {c for c in COLUMNS if getattr(current, c) != row[c]}
+        view_changed = view_changed or bool(changed & set(VIEW_COLUMNS))
+        if not changed & (set(FIXED_WITH_DATA) | {"created_by", "wildcard_groups"}):
+            continue
+        data = _stored_data(row["name"], row["created_by"])
+        if not (data.raw or data.cells):
+            continue
+        where = f"definitions[{index}] (name {json.dumps(row['name'])})"
+        held = f"while {row['name']} has raw measures or aggregates"
+        for column in sorted(changed & set(FIXED_WITH_DATA)):
+            old, new = json.dumps(getattr(current, column)), json.dumps(row[column])
+            errors.append(f"{where}: {FIXED_WITH_DATA[column]}: cannot change from {old} to {new} {held}")
+        if "created_by" in changed and row["created_by"] is not None and data.other_creators:
+            errors.append(
+                f"{where}: createdBy: cannot become {json.dumps(row['created_by'])}: stored"
+                " raw measures or aggregates come from other apps"
+            )
+        if "wildcard_groups" in changed and data.cells:
+            if data.purged:
+                errors.append(
+                    f"{where}: wildcardGroups: cannot change: raw measures of {row['name']} were"
+                    " purged, so its aggregates cannot be rebuilt from them"
+                )
+            else:
+                rebuilds[row["name"]] = data.first_cell
+    if errors:
+        raise BadRequest("definitions not written:\n" + "\n".join(errors[:MAX_ERRORS_SHOWN]))
+    return rebuilds, view_changed
+
+
+def _stored_data(name: str, created_by: str | None):
+    """What is stored for a measure: raw rows? cells? purged cells? rows from other apps?"""
+    raw = sa.select(RawMeasure.id).where(RawMeasure.measure_name == name)
+    cells = sa.select(Aggregate.id).where(Aggregate.measure_name == name)
+    # Each EXISTS stops at its first row (both tables are indexed by measure_name first).
+    return db.session.execute(
+        sa.select(
+            raw.exists().label("raw"),
+            cells.exists().label("cells"),
+            cells.where(Aggregate.last_raw_measures_purged.is_not(None)).exists().label("purged"),
+            sa.or_(
+                raw.where(RawMeasure.created_by.is_distinct_from(created_by)).exists(),
+                cells.where(Aggregate.created_by.is_distinct_from(created_by)).exists(),
+            ).label("other_creators"),
+            sa.select(sa.func.min(Aggregate.start_date))
+            .where(Aggregate.measure_name == name)
+            .scalar_subquery()
+            .label("first_cell"),
+        )
+    ).one()
+
+
+def _schedule_rebuilds(changed: list[MeasureDefinition], first_cells: dict[str, datetime]) -> None:
+    """Delete every aggregate of each measure and mark it for rebuild by the next run.
+
+    Runs before the definitions commit, each in its own transaction under the measure's
+    lock: if one fails, the definitions roll back and a measure already cleared is just
+    rebuilt as it was. Committing the definitions first could leave a new level fed only
+    by later rows, the corruption this guards against, when a run held the lock.
+    """
+    for definition in changed:
+        delete_aggregations_from_date(definition, first_cells[definition.name].date())
+
+
+def _refresh_view() -> None:
+    try:
+        refresh_filtered_view()
+    except NotFound:
+        # No view yet: create-filtered-aggregation will build it from the new thresholds.
+        log.info("definitions saved; filtered_aggregation not refreshed: it does not exist")
 
 
 def _flush() -> None:

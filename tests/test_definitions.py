@@ -8,8 +8,10 @@ import pytest
 import sqlalchemy as sa
 
 from dacc import definitions
+from dacc.aggregation import sql
+from dacc.aggregation.compute import compute_aggregation
 from dacc.db import db
-from dacc.errors import BadRequest, NotFound
+from dacc.errors import BadRequest, Conflict, NotFound
 from dacc.ingestion import record_measure
 from dacc.models import (
     Aggregate,
@@ -213,3 +215,152 @@ def test_unknown_name_is_not_cached(app, make_definition):
     assert definitions.get_definition_rules("later") is None
     make_definition("later")
     assert definitions.get_definition_rules("later").name == "later"
+
+
+# --- changing a definition that has data ------------------------------------------------
+
+
+def measure(value, day="2024-01-01", group="x", created_by="app", name="m"):
+    record_measure({"measureName": name, "value": value, "startDate": day, "createdBy": created_by,
+                    "group1": {"g1": group}})
+
+
+def cells(name="m"):
+    """(group1, count, sum) of every aggregate row of the measure, sorted."""
+    db.session.expire_all()
+    rows = db.session.execute(
+        sa.select(Aggregate.group1, Aggregate.count, Aggregate.sum).where(Aggregate.measure_name == name)
+    ).all()
+    return sorted((json.dumps(g), c, int(s)) for g, c, s in rows)
+
+
+def upsert(*items):
+    return definitions.upsert_definitions(definitions.validate_definitions(list(items)))
+
+
+@pytest.mark.parametrize("aggregated", [False, True], ids=["raw-only", "aggregated"])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"aggregationPeriod": "month"}, 'aggregationPeriod: cannot change from "day" to "month"'),
+        ({"group1Key": "other"}, 'group1Key: cannot change from "g1" to "other"'),
+        ({"group2Key": "g2"}, 'group2Key: cannot change from null to "g2"'),
+        ({"withQuartiles": True}, "withQuartiles: cannot change from false to true"),
+        ({"createdBy": "another"}, 'createdBy: cannot become "another": stored raw measures or aggregates'),
+    ],
+)
+def test_structural_change_with_data_is_refused_and_the_file_writes_nothing(app, overrides, message, aggregated):
+    upsert(definition(aggregationThreshold=3))
+    measure(1)
+    if aggregated:
+        compute_aggregation("m", force=True)
+    before = db.session.execute(sa.select(MeasureDefinition.__table__)).all()
+    with pytest.raises(BadRequest) as caught:
+        upsert(definition(name="new"), definition(aggregationThreshold=9, **overrides))
+    assert f'definitions[1] (name "m"): {message}' in caught.value.message
+    assert "while m has raw measures or aggregates" in caught.value.message or "createdBy" in overrides
+    db.session.expire_all()
+    assert db.session.execute(sa.select(MeasureDefinition.__table__)).all() == before  # "new" not inserted
+
+
+def test_every_refused_change_is_listed(app):
+    upsert(definition())
+    measure(1)
+    with pytest.raises(BadRequest) as caught:
+        upsert(definition(aggregationPeriod="week", withQuartiles=True))
+    assert caught.value.message.splitlines()[1:] == [
+        'definitions[0] (name "m"): aggregationPeriod: cannot change from "day" to "week"'
+        " while m has raw measures or aggregates",
+        'definitions[0] (name "m"): withQuartiles: cannot change from false to true'
+        " while m has raw measures or aggregates",
+    ]
+
+
+def test_created_by_may_be_set_to_the_only_app_stored_or_cleared(app):
+    upsert(definition())
+    measure(1, created_by="app")
+    compute_aggregation("m", force=True)
+    assert upsert(definition(createdBy="app")) == [("m", "updated")]
+    assert upsert(definition()) == [("m", "updated")]
+    assert stored().created_by is None
+
+
+def test_free_fields_change_with_data(app):
+    upsert(definition())
+    measure(1)
+    compute_aggregation("m", force=True)
+    free = {"aggregationThreshold": 9, "accessApp": True, "accessPublic": True, "description": "d",
+            "rawRetentionDays": 30, "org": "other", "executionFrequency": "week", "maxDaysToUpdateQuartile": 7}
+    assert upsert(definition(**free)) == [("m", "updated")]
+    assert (stored().aggregation_threshold, stored().org) == (9, "other")
+    assert cells() == [('{"g1": "x"}', 1, 1)]
+
+
+def test_added_wildcard_level_is_rebuilt_from_all_raw_measures(app):
+    upsert(definition(aggregationThreshold=1))
+    measure(1, group="x")
+    measure(2, group="y")
+    compute_aggregation("m", force=True)
+    assert upsert(definition(aggregationThreshold=1, wildcardGroups=[["group1"]])) == [("m", "rebuilding")]
+    assert cells() == []  # deleted, rebuild pending
+    assert db.session.scalar(sa.select(AggregationState.rebuild_from)) == datetime(2024, 1, 1)
+    measure(4, group="x")
+    compute_aggregation("m")
+    assert cells() == [('{"g1": "*"}', 3, 7), ('{"g1": "x"}', 2, 5), ('{"g1": "y"}', 1, 2)]
+
+
+def test_removed_wildcard_level_disappears_with_the_rebuild(app):
+    upsert(definition(wildcardGroups=[["group1"]]))
+    measure(1)
+    compute_aggregation("m", force=True)
+    assert cells() == [('{"g1": "*"}', 1, 1), ('{"g1": "x"}', 1, 1)]
+    assert upsert(definition()) == [("m", "rebuilding")]
+    compute_aggregation("m")
+    assert cells() == [('{"g1": "x"}', 1, 1)]
+
+
+def test_wildcard_change_without_aggregates_needs_no_rebuild(app):
+    upsert(definition())
+    measure(1)
+    assert upsert(definition(wildcardGroups=[["group1"]])) == [("m", "updated")]
+    compute_aggregation("m", force=True)
+    assert cells() == [('{"g1": "*"}', 1, 1), ('{"g1": "x"}', 1, 1)]
+
+
+def test_wildcard_change_after_a_purge_is_refused_and_nothing_is_deleted(app):
+    upsert(definition(), definition(name="other"))
+    measure(1)
+    compute_aggregation("m", force=True)
+    db.session.execute(sa.update(Aggregate).values(last_raw_measures_purged=sa.func.now()))
+    db.session.commit()
+    with pytest.raises(BadRequest, match=r'definitions\[1\] \(name "m"\): wildcardGroups: cannot change: raw '
+                                         "measures of m were purged"):
+        upsert(definition(name="other", aggregationThreshold=9), definition(wildcardGroups=[["group1"]]))
+    assert stored().wildcard_groups == [] and stored("other").aggregation_threshold == 5
+    assert cells() == [('{"g1": "x"}', 1, 1)]
+
+
+def test_wildcard_change_while_a_run_holds_the_measure_writes_nothing(app):
+    upsert(definition())
+    measure(1)
+    compute_aggregation("m", force=True)
+    with db.engine.connect() as holder:
+        assert holder.execute(sa.text(sql.TRY_SESSION_LOCK), {"name": "m"}).scalar()
+        try:
+            with pytest.raises(Conflict, match="another run holds measure m"):
+                upsert(definition(wildcardGroups=[["group1"]]))
+        finally:
+            holder.execute(sa.text(sql.RELEASE_SESSION_LOCK), {"name": "m"})
+    assert stored().wildcard_groups == []
+    assert cells() == [('{"g1": "x"}', 1, 1)]
+
+
+def test_threshold_change_refreshes_the_view(app):
+    upsert(definition(aggregationThreshold=5))
+    for value in (1, 2, 3):
+        measure(value)
+    compute_aggregation("m", force=True)
+    served = sa.text("SELECT count FROM filtered_aggregation WHERE measure_name = 'm'")
+    assert db.session.execute(served).scalars().all() == []
+    upsert(definition(aggregationThreshold=3))
+    assert db.session.execute(served).scalars().all() == [3]

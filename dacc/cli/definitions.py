@@ -5,6 +5,7 @@ from flask.cli import AppGroup, with_appcontext
 
 from dacc import definitions
 from dacc.cli.errors import cli_errors
+from dacc.cli.table import echo_table
 
 
 @click.command("insert-definitions-json")
@@ -25,11 +26,18 @@ def insert_definitions_json_command(path):
     results = definitions.upsert_definitions(rows)
     for name, outcome in results:
         click.echo(f"{outcome:9}  {name}")
-    counts = {o: sum(1 for _, got in results if got == o) for o in ("inserted", "updated", "unchanged")}
+    outcomes = ("inserted", "updated", "rebuilding", "unchanged")
+    counts = {o: sum(1 for _, got in results if got == o) for o in outcomes}
     click.echo(
         f"{len(results)} definition(s): {counts['inserted']} inserted, "
-        f"{counts['updated']} updated, {counts['unchanged']} unchanged"
+        f"{counts['updated'] + counts['rebuilding']} updated, {counts['unchanged']} unchanged"
     )
+    for name, outcome in results:
+        if outcome == "rebuilding":
+            click.echo(
+                f"{name}: wildcard levels changed, aggregates deleted; rebuild pending"
+                " (the next compute-aggregation run rebuilds them from the raw measures)"
+            )
 
 
 definitions_group = AppGroup("definitions", help="List and remove measure definitions.")
@@ -44,7 +52,7 @@ def list_command():
         click.echo("no definition (load some with: flask insert-definitions-json -f FILE)")
         return
     header = ("name", "org", "createdBy", "groups", "period", "threshold", "access", "quartiles")
-    table = [header] + [
+    table = [
         (
             d.name,
             d.org,
@@ -57,9 +65,7 @@ def list_command():
         )
         for d in rows
     ]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    for row in table:
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    echo_table(header, table)
 
 
 @definitions_group.command("remove")

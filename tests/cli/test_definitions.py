@@ -7,7 +7,7 @@ import sqlalchemy as sa
 
 from dacc.db import db
 from dacc.ingestion import record_measure
-from dacc.models import MeasureDefinition, RawMeasure
+from dacc.models import Aggregate, MeasureDefinition, RawMeasure
 
 
 def write(path, *items):
@@ -132,3 +132,35 @@ def test_remove_unknown_exits_1(runner):
     result = runner.invoke(args=["definitions", "remove", "nope", "--yes"])
     assert result.exit_code == 1
     assert 'no definition named "nope"' in result.output
+
+
+def test_changing_the_period_of_a_measure_with_data_exits_1_and_writes_nothing(runner, tmp_path):
+    path = write(tmp_path / "d.json", {"name": "a", "org": "o"})
+    runner.invoke(args=["insert-definitions-json", "-f", str(path)])
+    record_measure({"measureName": "a", "value": 1, "startDate": "2024-01-01", "createdBy": "app"})
+    write(path, {"name": "b", "org": "o"}, {"name": "a", "org": "o", "aggregationPeriod": "month"})
+    result = runner.invoke(args=["insert-definitions-json", "-f", str(path)])
+    assert result.exit_code == 1
+    assert 'definitions[1] (name "a"): aggregationPeriod: cannot change from "day" to "month"' in result.output
+    assert names() == ["a"]
+    assert db.session.scalar(sa.select(MeasureDefinition.aggregation_period)) == "day"
+
+
+def test_changed_wildcard_levels_print_that_a_rebuild_is_pending(runner, tmp_path):
+    path = write(tmp_path / "d.json", {"name": "a", "org": "o", "group1Key": "k", "aggregationThreshold": 1})
+    runner.invoke(args=["insert-definitions-json", "-f", str(path)])
+    record_measure({"measureName": "a", "value": 1, "startDate": "2024-01-01", "createdBy": "app", "group1": {"k": "x"}})
+    assert runner.invoke(args=["compute-aggregation", "a", "--force"]).exit_code == 0
+    write(path, {"name": "a", "org": "o", "group1Key": "k", "aggregationThreshold": 1, "wildcardGroups": [["group1"]]})
+    result = runner.invoke(args=["insert-definitions-json", "-f", str(path)])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [
+        "rebuilding  a",
+        "1 definition(s): 0 inserted, 1 updated, 0 unchanged",
+        "a: wildcard levels changed, aggregates deleted; rebuild pending"
+        " (the next compute-aggregation run rebuilds them from the raw measures)",
+    ]
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(Aggregate)) == 0
+    assert runner.invoke(args=["compute-aggregation", "a"]).exit_code == 0
+    db.session.expire_all()
+    assert sorted(json.dumps(g) for g in db.session.scalars(sa.select(Aggregate.group1))) == ['{"k": "*"}', '{"k": "x"}']
