@@ -49,12 +49,6 @@ class Conflict(DaccError):
     status = 409
 
 
-class PayloadTooLarge(DaccError):
-    """The body exceeds the limit of this endpoint."""
-
-    status = 413
-
-
 class UnsupportedMediaType(DaccError):
     """The body is not declared as JSON."""
 

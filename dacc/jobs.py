@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from dacc import purge
 from dacc.aggregation import compute
 from dacc.db import db
-from dacc.errors import Conflict, DaccError
+from dacc.errors import Conflict, error_message
 from dacc.filtered_view import refresh_filtered_view
 from dacc.models import MeasureDefinition
 
@@ -139,5 +139,4 @@ def _purge() -> list[StepResult]:
 def _failure(step: str, name: str | None, exc: Exception, started: float) -> StepResult:
     db.session.rollback()
     log.exception("jobs run: %s %s failed", step, name or "")
-    message = exc.message if isinstance(exc, DaccError) else compute.db_error_message(exc)
-    return StepResult(step, name, FAILED, message, time.monotonic() - started)
+    return StepResult(step, name, FAILED, error_message(exc), time.monotonic() - started)

@@ -12,9 +12,10 @@ from datetime import datetime, timezone
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
+from dacc.aggregation.compute import get_definition
 from dacc.aggregation.snapshot import SEEN_BY_LAST_RUN
 from dacc.db import db
-from dacc.errors import BadRequest, DaccError, NotFound
+from dacc.errors import BadRequest, DaccError, error_message
 from dacc.models import MeasureDefinition
 
 log = logging.getLogger(__name__)
@@ -157,7 +158,7 @@ def purge_raw_measures(
     Raises NotFound for an unknown name, BadRequest for days < 1.
     """
     started = time.monotonic()
-    definition = _definition(definition)
+    definition = get_definition(definition)
     result = PurgeResult(definition.name, _effective_days(definition, days))
     params = {
         "name": definition.name,
@@ -218,26 +219,8 @@ def purge_all_measures(
         except (DaccError, SQLAlchemyError) as exc:
             db.session.rollback()
             log.exception("purge %s failed", name)
-            results.append(PurgeResult(name, days or 0, error=_message(exc)))
+            results.append(PurgeResult(name, days or 0, error=error_message(exc)))
     return results
-
-
-def _message(exc: Exception) -> str:
-    """One line for the summary: the domain message, or the database's first line."""
-    if isinstance(exc, DaccError):
-        return exc.message
-    orig = getattr(exc, "orig", None)
-    lines = str(orig).strip().splitlines() if orig is not None else []
-    return lines[0] if lines else type(exc).__name__
-
-
-def _definition(definition: MeasureDefinition | str) -> MeasureDefinition:
-    if isinstance(definition, MeasureDefinition):
-        return definition
-    found = db.session.scalar(sa.select(MeasureDefinition).filter_by(name=definition))
-    if found is None:
-        raise NotFound(f"measure '{definition}': no such definition")
-    return found
 
 
 def _check_days(days) -> None:

@@ -1,8 +1,12 @@
 """Every HTTP error is JSON {"error": ...}, never HTML."""
 
 import pytest
+import sqlalchemy as sa
+from sqlalchemy.exc import DataError
 
 from dacc import create_app
+from dacc.db import db
+from dacc.errors import NotFound, error_message
 
 
 @pytest.mark.parametrize(
@@ -32,3 +36,12 @@ def test_unexpected_error_is_a_json_500_without_details(app):
     response = fresh.test_client().get("/_boom_for_test")
     assert response.status_code == 500
     assert response.get_json() == {"error": "internal server error"}
+
+
+def test_error_message_is_the_domain_message_or_the_databases_first_line(app):
+    assert error_message(NotFound("measure 'x': no such definition")) == "measure 'x': no such definition"
+    with pytest.raises(DataError) as caught:
+        db.session.execute(sa.text("SELECT CAST(:v AS integer)"), {"v": "nope"})
+    db.session.rollback()
+    assert error_message(caught.value) == 'invalid input syntax for type integer: "nope"'
+    assert error_message(RuntimeError("boom")) == "RuntimeError"

@@ -14,7 +14,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from dacc.aggregation import sql
 from dacc.db import db
-from dacc.errors import BadRequest, Conflict, DaccError, NotFound
+from dacc.errors import BadRequest, Conflict, DaccError, NotFound, error_message
 from dacc.models import MeasureDefinition
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ def compute_aggregation(
     committed. Raises NotFound for an unknown name, BadRequest for a malformed
     wildcard level.
     """
-    plan = _plan(_definition(definition))
+    plan = _plan(get_definition(definition))
     started = time.monotonic()
     for attempt in range(1, RETRIES + 1):
         try:
@@ -145,8 +145,7 @@ def compute_all_aggregations(*, force: bool = False) -> AllAggregationsResult:
         except (DaccError, SQLAlchemyError) as exc:
             db.session.rollback()
             log.exception("aggregation %s failed", name)
-            message = exc.message if isinstance(exc, DaccError) else db_error_message(exc)
-            results.append(AggregationResult(name, error=message))
+            results.append(AggregationResult(name, error=error_message(exc)))
     return AllAggregationsResult(results, view_error=_refresh_view())
 
 
@@ -162,7 +161,7 @@ def delete_aggregations_from_date(
     cell carries one, and deletes nothing. Raises Conflict while a run holds the
     measure. Commits, then refreshes the view.
     """
-    plan = _plan(_definition(definition))
+    plan = _plan(get_definition(definition))
     params = {"name": plan.name, "period": plan.period, "date": day}
     with db.engine.connect() as conn:
         with conn.begin():
@@ -190,7 +189,7 @@ def count_purged_aggregations_from_date(
 ) -> tuple[datetime, int]:
     """(aligned start, aggregates stamped by a purge) that delete_aggregations_from_date
     would delete: what a rebuild would lose. Reads only."""
-    plan = _plan(_definition(definition))
+    plan = _plan(get_definition(definition))
     params = {"name": plan.name, "period": plan.period, "date": day}
     with db.engine.connect() as conn:
         params["aligned"] = conn.execute(sa.text(sql.ALIGN_DATE), params).scalar()
@@ -226,7 +225,7 @@ def compute_wildcard_aggregate(
     while a run holds the measure, BadRequest for an unknown group, NotFound for an
     unknown measure. Commits.
     """
-    plan = _plan(_definition(definition))
+    plan = _plan(get_definition(definition))
     starred = _wildcard_level(plan, groups, where="groups")
     if starred in plan.levels:
         raise BadRequest(
@@ -386,7 +385,8 @@ def _wildcard_level(plan: _Plan, groups, *, where: str) -> frozenset[str]:
     return frozenset(groups)
 
 
-def _definition(definition: MeasureDefinition | str) -> MeasureDefinition:
+def get_definition(definition: MeasureDefinition | str) -> MeasureDefinition:
+    """The definition itself, or the one named so. Raises NotFound."""
     if isinstance(definition, MeasureDefinition):
         return definition
     found = db.session.scalar(sa.select(MeasureDefinition).where(MeasureDefinition.name == definition))
@@ -406,13 +406,7 @@ def _refresh_view() -> str | None:
     try:
         refresh_filtered_view()
     except (NotFound, SQLAlchemyError) as exc:
-        message = exc.message if isinstance(exc, DaccError) else db_error_message(exc)
+        message = error_message(exc)
         log.warning("aggregates saved, but the view was not refreshed: %s", message)
         return message
     return None
-
-
-def db_error_message(exc: SQLAlchemyError) -> str:
-    """First line of the database's message: enough for a log line or a CLI error."""
-    orig = getattr(exc, "orig", None)
-    return (str(orig).strip().splitlines() or [type(exc).__name__])[0] if orig else type(exc).__name__

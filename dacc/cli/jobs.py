@@ -7,7 +7,7 @@ from flask.cli import AppGroup
 
 from dacc import jobs
 from dacc.cli.errors import cli_errors
-from dacc.cli.purge import echo_table
+from dacc.cli.table import echo_table
 from dacc.errors import Conflict
 
 jobs_group = AppGroup("jobs", help="Periodic jobs (run them from cron or the scheduler).")

@@ -5,6 +5,7 @@ from flask.cli import AppGroup
 
 from dacc import purge
 from dacc.cli.errors import cli_errors
+from dacc.cli.table import echo_table
 
 purge_group = AppGroup(
     "purge", help="Delete raw measures ingested more than DAYS days ago, once aggregated."
@@ -82,14 +83,6 @@ def _echo_summary(results: list[purge.PurgeResult]) -> None:
     deleted = sum(r.deleted for r in results)
     seconds = sum(r.seconds for r in results)
     click.echo(f"{deleted} raw measure(s) deleted in {seconds:.1f} s")
-
-
-def echo_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
-    """Print left-aligned columns (shared with `flask jobs run`)."""
-    table = [header, *rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    for row in table:
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
 
 
 COMMANDS = [purge_group]

@@ -5,6 +5,7 @@ from flask.cli import AppGroup
 
 from dacc import tokens
 from dacc.cli.errors import cli_errors
+from dacc.cli.table import echo_table
 
 token_group = AppGroup("token", help="Manage API tokens (secrets are shown once).")
 
@@ -40,7 +41,7 @@ def get_command(org):
     if not rows:
         raise click.ClickException(f"no token for org '{org}'")
     header = ("id", "label", "prefix", "scopes", "created", "last used", "expires", "revoked")
-    table = [header] + [
+    table = [
         (
             str(t.id),
             t.label or "-",
@@ -53,9 +54,7 @@ def get_command(org):
         )
         for t in rows
     ]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    for row in table:
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    echo_table(header, table)
 
 
 @token_group.command("update")
