@@ -84,6 +84,12 @@ class _Plan:
     quartiles: bool
     levels: tuple[frozenset[str], ...]
     stars: dict[str, str | None]
+    updated_at: datetime | None = None
+    """The definition's version the plan was made from; checked under the lock."""
+
+
+class _StalePlan(Exception):
+    """The definition changed between reading it and winning the measure's lock."""
 
 
 def compute_aggregation(
@@ -107,6 +113,13 @@ def compute_aggregation(
         try:
             result = _run(plan, force=force)
             break
+        except _StalePlan:
+            # A definition change (e.g. new wildcard levels, with a rebuild pending)
+            # committed before this run's snapshot: plan again from the new version.
+            if attempt == RETRIES:
+                raise Conflict(f"measure {plan.name}: its definition keeps changing; run again")
+            db.session.expire_all()
+            plan = _plan(get_definition(plan.name))
         except DBAPIError as exc:
             if not isinstance(exc.orig, pg_errors.SerializationFailure) or attempt == RETRIES:
                 raise
@@ -318,6 +331,9 @@ def _merge(conn, plan: _Plan, result: AggregationResult, *, force: bool) -> None
         "reason": sql.REFUSED_REASON,
         **plan.stars,
     }
+    version = conn.execute(sa.text(sql.READ_DEFINITION_VERSION), params).scalar()
+    if version != plan.updated_at:
+        raise _StalePlan(plan.name)
     state = conn.execute(sa.text(sql.READ_STATE), params).first()
     if state is not None:
         if state.too_early and not force and state.rebuild_from is None:
@@ -357,6 +373,7 @@ def _plan(definition: MeasureDefinition) -> _Plan:
         quartiles=definition.with_quartiles,
         levels=(PLAIN,),
         stars={f"star_{g}": json.dumps({k: "*"}) if k else None for g, k in keys.items()},
+        updated_at=definition.updated_at,
     )
     levels = [PLAIN]
     declared = definition.wildcard_groups or []

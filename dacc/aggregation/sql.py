@@ -283,3 +283,9 @@ def wildcard(starred: frozenset[str], *, quartiles: bool) -> str:
         percentiles=WILDCARD_PERCENTILES if quartiles else WILDCARD_NO_PERCENTILES,
         std=STD.format(n="c.n", s="c.s", ss="c.ss"),
     )
+
+
+READ_DEFINITION_VERSION = """
+SELECT updated_at FROM measure_definition WHERE name = :name
+"""
+"""Read inside the run's snapshot: a plan made from an older version is redone."""

@@ -172,3 +172,22 @@ def test_a_level_stamped_by_a_purge_is_recomputed_only_when_loss_is_allowed(app,
         sa.text("SELECT count(*) FROM aggregate WHERE last_raw_measures_purged IS NOT NULL")
     ).scalar()
     assert stamped == 0
+
+
+def test_a_definition_changed_before_the_lock_is_planned_again(app, make_definition):
+    """The run reads its definition before winning the lock: a newer version wins."""
+    stale = make_definition("m")
+    insert_raw("m", [(Decimal("2"), DAY, "app", {"g1": "a"}, None, None)])
+    assert stale.wildcard_groups == []  # loaded now, kept by the session
+    with db.engine.begin() as conn:  # another process changes the definition
+        conn.execute(
+            sa.text(
+                "UPDATE measure_definition SET wildcard_groups = '[[\"group1\"]]',"
+                " updated_at = now() WHERE name = 'm'"
+            )
+        )
+    compute_aggregation(stale, force=True)
+    starred = db.session.execute(
+        sa.text("SELECT count FROM aggregate WHERE group1 = '{\"g1\": \"*\"}'")
+    ).scalars().all()
+    assert starred == [1]
