@@ -50,8 +50,10 @@ def _configure_database(app: Flask, config: Config) -> None:
     log.info("database: %s (config: %s)", where, config.source)
     app.config["SQLALCHEMY_DATABASE_URI"] = url
     app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {
-        # Recover by itself when the database comes back; fail fast while it is away.
-        "pool_pre_ping": True,
+        # No pre-ping: it costs a round trip on every request. A connection found dead
+        # invalidates the whole pool (one 503 per process after a database restart),
+        # and connect_timeout keeps failures fast while the database is away.
+        "pool_pre_ping": False,
         "pool_size": 10,
         "max_overflow": 10,
         "connect_args": {

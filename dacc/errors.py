@@ -3,6 +3,7 @@
 import logging
 
 from flask import jsonify
+from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,21 @@ def register_error_handlers(app):
         response = exc.get_response()
         response.data = app.json.dumps({"error": exc.description or exc.name})
         response.content_type = "application/json"
+        return response
+
+    @app.errorhandler(OperationalError)
+    def handle_database_unavailable(exc: OperationalError):
+        """The database is away or the connection broke: the client may retry later."""
+        from dacc.db import db
+
+        log.warning("database unavailable on %s: %s", _request_line(), error_message(exc))
+        try:
+            db.session.rollback()
+        except Exception:  # the session may be unusable; the response matters more
+            log.debug("rollback after a lost connection failed", exc_info=True)
+        response = jsonify({"error": "database unavailable, retry later"})
+        response.status_code = 503
+        response.headers["Retry-After"] = "5"
         return response
 
     @app.errorhandler(Exception)

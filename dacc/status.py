@@ -16,15 +16,21 @@ def check_database() -> dict:
     /status needs no token, so the reason is a fixed phrase: the driver's message
     (host, address, user) goes to the log only.
     """
-    try:
-        db.session.execute(sa.text("SET LOCAL statement_timeout = '2s'"))
-        db.session.execute(sa.text("SELECT 1"))
-        db.session.rollback()
-        return {"status": "ok"}
-    except Exception as exc:  # any failure means "ko"
-        db.session.rollback()
-        log.warning("database check failed: %s", _driver_message(exc))
-        return {"status": "ko", "error": _public_reason(exc)}
+    for attempt in (1, 2):
+        try:
+            db.session.execute(sa.text("SET LOCAL statement_timeout = '2s'"))
+            db.session.execute(sa.text("SELECT 1"))
+            db.session.rollback()
+            return {"status": "ok"}
+        except Exception as exc:  # any failure means "ko"
+            db.session.rollback()
+            # The pool does not ping connections before use (a round trip per request):
+            # after a database restart the first use of a stale connection fails and
+            # invalidates the pool, and a second try gets a fresh connection.
+            if attempt == 1 and getattr(exc, "connection_invalidated", False):
+                continue
+            log.warning("database check failed: %s", _driver_message(exc))
+            return {"status": "ko", "error": _public_reason(exc)}
 
 
 def _public_reason(exc: Exception) -> str:

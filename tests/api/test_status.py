@@ -36,6 +36,10 @@ def test_status_ko_within_5s_when_the_database_stops_and_ok_when_back(tmp_path):
         body = response.get_json()
         assert body["global_status"] == "ko"
         assert body["db"] == {"status": "ko", "error": "database unreachable"}
+        # Any other endpoint needing the database: a JSON 503, not a 500.
+        response = client.get("/whoami", headers={"Authorization": "Bearer dacc_" + "A" * 43})
+        assert response.status_code == 503
+        assert response.get_json() == {"error": "database unavailable, retry later"}
 
         server = pgserver.get_server(folder, cleanup_mode="stop")
         assert server.get_uri("s").replace("postgresql://", "postgresql+psycopg2://") == url
