@@ -25,6 +25,7 @@ from dacc.models import (
     RefusedRawMeasure,
 )
 from dacc.models.definitions import KEY_LENGTH, NAME_LENGTH, PERIODS
+from dacc.validation import storable_text
 
 log = logging.getLogger(__name__)
 
@@ -53,17 +54,9 @@ def _text(limit, *, required=False):
 def _description(value):
     if value is not None and not isinstance(value, str):
         raise ValueError("must be a string or null")
-    if value is not None and ("\x00" in value or not _encodable(value)):
+    if value is not None and not storable_text(value):
         raise ValueError("must not hold NUL characters or lone surrogates")
     return value
-
-
-def _encodable(value: str) -> bool:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _choice(value):

@@ -18,6 +18,7 @@ from dacc.db import db
 from dacc.definitions import DefinitionRules, get_definition_rules
 from dacc.errors import BadRequest
 from dacc.models.definitions import KEY_LENGTH, NAME_LENGTH
+from dacc.validation import shown
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,7 @@ def _value(value) -> Decimal:
     elif kind is str and len(value) <= 64 and NUMERIC_STRING.fullmatch(value):
         number = Decimal(value)
     else:
-        raise BadRequest(f"value: expected a finite number, got {_shown(value)}")
+        raise BadRequest(f"value: expected a finite number, got {shown(value)}")
     if abs(number) < VALUE_LIMIT:
         # Half away from zero, as PostgreSQL rounds into numeric(16, 2).
         number = number.quantize(CENT, rounding=ROUND_HALF_UP)
@@ -162,14 +163,14 @@ def _start_date(value, period: str, batch: _Batch) -> datetime:
     if type(value) is not str or not START_DATE.fullmatch(value):
         raise BadRequest(
             "startDate: expected an ISO 8601 date or date-time"
-            f" (2022-01-31, 2022-01-31T10:00:00Z), got {_shown(value)}"
+            f" (2022-01-31, 2022-01-31T10:00:00Z), got {shown(value)}"
         )
     try:
         moment = datetime.fromisoformat(value.upper())
         if moment.tzinfo is not None:
             moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
     except (ValueError, OverflowError):
-        raise BadRequest(f"startDate: not a valid date or time: {_shown(value)}") from None
+        raise BadRequest(f"startDate: not a valid date or time: {shown(value)}") from None
     if moment > batch.now + FUTURE_TOLERANCE:
         raise BadRequest("startDate: more than 24 hours in the future")
     batch.dates[(value, period)] = start = period_start(moment, period)
@@ -192,7 +193,7 @@ def _group(field: str, key: str | None, group, name: str) -> dict | None:
             raise BadRequest(f"{field}: measure '{name}' has no {field}")
         return None
     if type(group) is not dict or len(group) != 1 or key not in group:
-        raise BadRequest(f"{field}: expected an object with the one key '{key}', got {_shown(group)}")
+        raise BadRequest(f"{field}: expected an object with the one key '{key}', got {shown(group)}")
     value = group[key]
     kind = type(value)
     if kind is str:
@@ -208,14 +209,9 @@ def _group(field: str, key: str | None, group, name: str) -> dict | None:
     if not ok:
         raise BadRequest(
             f"{field}: the value of '{key}' must be a string (at most {KEY_LENGTH} printable characters),"
-            f" a finite number or a boolean, got {_shown(value)}"
+            f" a finite number or a boolean, got {shown(value)}"
         )
     return group
-
-
-def _shown(value) -> str:
-    text = json.dumps(value, allow_nan=True, default=str)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 # --- storage --------------------------------------------------------------------------

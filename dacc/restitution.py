@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import threading
 import time
 from collections import OrderedDict
@@ -18,6 +17,7 @@ from dacc.errors import BadRequest, Forbidden
 from dacc.models.definitions import KEY_LENGTH, NAME_LENGTH
 from dacc.privacy import may_read_results
 from dacc.tokens import TokenIdentity
+from dacc.validation import shown, storable_text
 
 SERVED_ROW_JSON = """json_strip_nulls(json_build_object(
     'measureName', a.measure_name,
@@ -167,11 +167,11 @@ def _text(field: str, value, limit: int, *, required: bool = False) -> str | Non
             raise BadRequest(f"{field}: required")
         return None
     if not isinstance(value, str):
-        raise BadRequest(f"{field}: expected a string, got {_shown(value)}")
+        raise BadRequest(f"{field}: expected a string, got {shown(value)}")
     if not value or len(value) > limit:
         raise BadRequest(f"{field}: must be 1 to {limit} characters")
     # PostgreSQL text can hold neither NUL nor a lone surrogate: say so, not a 500.
-    if "\x00" in value or not _encodable(value):
+    if not storable_text(value):
         raise BadRequest(f"{field}: must not hold NUL characters or lone surrogates")
     return value
 
@@ -180,7 +180,7 @@ def _moment(field: str, value) -> datetime:
     """An ISO 8601 date or date-time as naive UTC; a date means its midnight (UTC)."""
     if value is None:
         raise BadRequest(f"{field}: required")
-    fault = f"{field}: expected an ISO 8601 date or date-time, got {_shown(value)}"
+    fault = f"{field}: expected an ISO 8601 date or date-time, got {shown(value)}"
     if not isinstance(value, str):
         raise BadRequest(fault)
     try:
@@ -190,16 +190,3 @@ def _moment(field: str, value) -> datetime:
     except (ValueError, OverflowError):
         raise BadRequest(fault) from None
     return moment
-
-
-def _encodable(value: str) -> bool:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _shown(value) -> str:
-    text = json.dumps(value, default=str)
-    return text if len(text) <= 40 else text[:37] + "..."

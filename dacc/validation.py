@@ -1,0 +1,20 @@
+"""Small checks shared by the modules that validate client input."""
+
+import json
+
+
+def storable_text(value: str) -> bool:
+    """Whether PostgreSQL text can hold `value`: no NUL character, no lone surrogate."""
+    if "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def shown(value) -> str:
+    """A client's value quoted in an error message, cut to 40 characters."""
+    text = json.dumps(value, allow_nan=True, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."
