@@ -18,7 +18,7 @@ from dacc.db import db
 from dacc.definitions import DefinitionRules, get_definition_rules
 from dacc.errors import BadRequest
 from dacc.models.definitions import KEY_LENGTH, NAME_LENGTH
-from dacc.validation import shown
+from dacc.validation import FUTURE_TOLERANCE, shown
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +27,6 @@ MAX_ERRORS_LISTED = 100
 VALUE_LIMIT = Decimal(10) ** 14
 """raw_measure.value is numeric(16, 2): |value| must stay below 10^14."""
 CENT = Decimal("0.01")
-FUTURE_TOLERANCE = timedelta(hours=24)
-"""Clock skew allowed between a client and this server."""
 MEASURE_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 NUMERIC_STRING = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d{1,4})?")
 START_DATE = re.compile(

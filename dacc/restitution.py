@@ -7,7 +7,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import sqlalchemy as sa
 from flask import current_app
@@ -56,9 +56,16 @@ _READ = sa.text(
 
 
 CACHE = "dacc_aggregate_cache"
-CACHE_ENTRIES = 512
-CACHE_MAX_ROWS_BYTES = 1 << 20
-"""Answers larger than this are not kept: the cache is for the common small ranges."""
+CACHE_BUDGET_BYTES = 64 << 20
+"""Per process; the least recently used answers go first."""
+CACHE_MAX_ANSWER_BYTES = 16 << 20
+
+
+@dataclasses.dataclass
+class _Cache:
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    entries: OrderedDict = dataclasses.field(default_factory=OrderedDict)
+    size: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,8 +121,9 @@ def forget_cached_reads() -> None:
     """Drop this process's cached answers (after the view changed)."""
     cache = current_app.extensions.get(CACHE)
     if cache is not None:
-        with cache[0]:
-            cache[1].clear()
+        with cache.lock:
+            cache.entries.clear()
+            cache.size = 0
 
 
 def _cached_read(query: AggregateQuery) -> _Found | None:
@@ -130,21 +138,43 @@ def _cached_read(query: AggregateQuery) -> _Found | None:
     ttl = current_app.config["DACC"].aggregate_cache_seconds
     if ttl <= 0:
         return _read(query)
-    lock, entries = current_app.extensions.setdefault(CACHE, (threading.Lock(), OrderedDict()))
+    cache = current_app.extensions.setdefault(CACHE, _Cache())
+    key = _cache_key(query)
     now = time.monotonic()
-    with lock:
-        hit = entries.get(query)
+    with cache.lock:
+        hit = cache.entries.get(key)
         if hit is not None and hit[0] > now:
-            entries.move_to_end(query)
+            cache.entries.move_to_end(key)
             return hit[1]
     found = _read(query)
-    if found is not None and len(found.rows) <= CACHE_MAX_ROWS_BYTES:
-        with lock:
-            entries[query] = (now + ttl, found)
-            entries.move_to_end(query)
-            while len(entries) > CACHE_ENTRIES:
-                entries.popitem(last=False)
+    if found is not None and len(found.rows) <= CACHE_MAX_ANSWER_BYTES:
+        with cache.lock:
+            old = cache.entries.pop(key, None)
+            if old is not None:
+                cache.size -= len(old[1].rows)
+            cache.entries[key] = (now + ttl, found)
+            cache.size += len(found.rows)
+            while cache.size > CACHE_BUDGET_BYTES:
+                _, (_, evicted) = cache.entries.popitem(last=False)
+                cache.size -= len(evicted.rows)
     return found
+
+
+def _cache_key(query: AggregateQuery) -> AggregateQuery:
+    """The query with both bounds moved up to the next midnight.
+
+    Every aggregate starts at a midnight (the start of its day, week or month), so a
+    bound anywhere in (D - 1 day, D] selects the same rows as D. Cozy's client asks
+    from 1970 to the current instant, a different end at every call: within a day, all
+    those calls share one answer. Only the cache key changes: the read uses the query
+    as asked.
+    """
+    return dataclasses.replace(query, start=_next_midnight(query.start), end=_next_midnight(query.end))
+
+
+def _next_midnight(moment: datetime) -> datetime:
+    midnight = datetime.combine(moment.date(), datetime.min.time())
+    return midnight if midnight == moment else midnight + timedelta(days=1)
 
 
 def _read(query: AggregateQuery) -> _Found | None:

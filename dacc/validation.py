@@ -1,6 +1,11 @@
 """Small checks shared by the modules that validate client input."""
 
 import json
+from datetime import timedelta
+
+FUTURE_TOLERANCE = timedelta(hours=24)
+"""How far in the future a measure's startDate may be (clock skew between a client and
+this server): no stored start date is ever later than ingestion time plus this."""
 
 
 def storable_text(value: str) -> bool:

@@ -237,3 +237,54 @@ def test_the_cache_can_be_turned_off(app, make_definition):
         assert _count_statements(lambda: _read()) == 1
     finally:
         app.config["DACC"] = config
+
+
+def test_reads_up_to_the_current_instant_share_one_cached_answer(app, make_definition):
+    """Cozy's client asks 1970 → now: a different end at every call."""
+    define(make_definition, groups=1, k=1)
+    put_aggregates("m", {("x",): 1})
+    now = datetime(2024, 3, 5, 12, 0, 0)  # any instant: the call as Cozy's client makes it
+    first = json.loads(
+        read_aggregates(
+            {"measureName": "m", "startDate": "1970-01-01T00:00:00.000Z", "endDate": now.isoformat() + "Z"},
+            token=READER,
+        )
+    )
+    later = {"measureName": "m", "startDate": "1970-01-01T00:00:00.000Z"}
+    later["endDate"] = (now + timedelta(seconds=3)).isoformat() + "Z"
+    assert _count_statements(lambda: read_aggregates(later, token=READER)) == 0
+    assert json.loads(read_aggregates(later, token=READER)) == first
+    assert [r["group1"]["a"] for r in first] == ["x"]
+
+
+def test_ends_within_the_data_are_distinct_cache_keys(app, make_definition):
+    define(make_definition, groups=1, k=1)
+    put_aggregates("m", {("x",): 1}, day=datetime(2024, 3, 1))
+    put_aggregates("m", {("y",): 1}, day=datetime(2024, 3, 2))
+    assert [r["group1"]["a"] for r in _read(endDate="2024-03-02")] == ["x"]
+    assert [r["group1"]["a"] for r in _read(endDate="2024-03-03")] == ["x", "y"]
+
+
+def test_the_cache_stays_within_its_byte_budget(app, make_definition, monkeypatch):
+    import dacc.restitution as restitution
+
+    define(make_definition, groups=1, k=1)
+    put_aggregates("m", {("x",): 1})
+    one = len(read_aggregates(MARCH, token=READER))
+    monkeypatch.setattr(restitution, "CACHE_BUDGET_BYTES", 2 * one)
+    for day in range(2, 6):
+        _read(startDate=f"2024-03-0{day}")
+    cache = app.extensions[restitution.CACHE]
+    assert cache.size <= 2 * one
+    assert cache.size == sum(len(found.rows) for _, found in cache.entries.values())
+
+
+def test_bounds_within_one_day_share_a_cache_key(app, make_definition):
+    define(make_definition, groups=1, k=1)
+    put_aggregates("m", {("x",): 1}, day=datetime(2024, 3, 1))
+    put_aggregates("m", {("y",): 1}, day=datetime(2024, 3, 2))
+    assert [r["group1"]["a"] for r in _read(startDate="2024-03-01T00:00:00", endDate="2024-03-01T10:00:00")] == ["x"]
+    # (2024-03-01 00:00, 2024-03-02 00:00]: the same rows, so the same cached answer.
+    assert [r["group1"]["a"] for r in _read(startDate="2024-03-01T00:00:00", endDate="2024-03-02T00:00:00")] == ["x"]
+    # A start after midnight excludes that day's cell.
+    assert [r["group1"]["a"] for r in _read(startDate="2024-03-01T00:00:01", endDate="2024-03-03")] == ["y"]
