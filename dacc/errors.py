@@ -90,13 +90,8 @@ def register_error_handlers(app):
     @app.errorhandler(OperationalError)
     def handle_database_unavailable(exc: OperationalError):
         """The database is away or the connection broke: the client may retry later."""
-        from dacc.db import db
-
         log.warning("database unavailable on %s: %s", _request_line(), error_message(exc))
-        try:
-            db.session.rollback()
-        except Exception:  # the session may be unusable; the response matters more
-            log.debug("rollback after a lost connection failed", exc_info=True)
+        _rollback_quietly()
         response = jsonify({"error": "database unavailable, retry later"})
         response.status_code = 503
         response.headers["Retry-After"] = "5"
@@ -104,16 +99,20 @@ def register_error_handlers(app):
 
     @app.errorhandler(Exception)
     def handle_unexpected(exc: Exception):
-        from dacc.db import db
-
         log.exception("unhandled error on %s", _request_line())
-        try:
-            db.session.rollback()
-        except Exception:  # the session may be unusable; the response matters more
-            log.warning("rollback after an unhandled error failed", exc_info=True)
+        _rollback_quietly()
         response = jsonify({"error": "internal server error"})
         response.status_code = 500
         return response
+
+
+def _rollback_quietly() -> None:
+    from dacc.db import db
+
+    try:
+        db.session.rollback()
+    except Exception:  # the session may be unusable; the error response matters more
+        log.debug("rollback after a failed request failed", exc_info=True)
 
 
 def _request_line() -> str:
