@@ -72,21 +72,27 @@ STD = """CASE WHEN {n} > 1
          THEN sqrt(({n} * {ss} - {s} * {s}) / ({n} * ({n} - 1)))
          ELSE 0 END"""
 
-# Merge the new raw rows of one level into its cells: one INSERT ... SELECT ... GROUP BY
-# ... ON CONFLICT DO UPDATE. Cells keep exact sums (count, sum, sum of squares, extremes)
-# so that a merge gives the same numbers as a recompute. With quartiles, the touched
-# cells get median and quartiles from ALL their raw rows in the same statement
-# ({quartiles_from}). RETURNING (xmax = 0) tells inserted from updated.
-MERGE = """
-WITH fresh AS (
-    SELECT date_trunc(:period, r.start_date) AS start_date, r.created_by,
+CELL_STATS = """date_trunc(:period, r.start_date) AS start_date, r.created_by,
            {group1} AS group1, {group2} AS group2, {group3} AS group3,
            count(*) AS n,
            count(*) FILTER (WHERE r.value <> 0) AS n_not_zero,
            sum(r.value) AS s,
            sum(r.value * r.value) AS ss,
            min(r.value) AS lo,
-           max(r.value) AS hi
+           max(r.value) AS hi"""
+"""The mergeable statistics of raw rows `r` grouped by cell: MERGE and WILDCARD share them."""
+
+# Merge the new raw rows of one level into its cells: one INSERT ... SELECT ... GROUP BY
+# ... ON CONFLICT DO UPDATE. Cells keep exact sums (count, sum, sum of squares, extremes)
+# so that a merge gives the same numbers as a recompute. With quartiles, the touched
+# cells get median and quartiles from ALL their raw rows in the same statement
+# ({quartiles_from}). RETURNING (xmax = 0) tells inserted from updated.
+MERGE = (
+    """
+WITH fresh AS (
+    SELECT """
+    + CELL_STATS
+    + """
     FROM raw_measure r
     WHERE {new_rows}
     GROUP BY 1, 2, 3, 4, 5
@@ -120,6 +126,7 @@ SELECT (SELECT coalesce(sum(n), 0) FROM fresh) AS raw_read,
        count(*) FILTER (WHERE NOT inserted) AS updated
 FROM merged
 """
+)
 NO_QUARTILES = "NULL, NULL, NULL"
 QUARTILES = "q.p[2], q.p[1], q.p[3]"
 # Quartiles of the touched cells only, from all their raw rows: per touched cell, one
@@ -200,16 +207,12 @@ WITH gone AS (
 )
 SELECT count(*) AS deleted, count(last_raw_measures_purged) AS purged FROM gone
 """
-WILDCARD = """
+WILDCARD = (
+    """
 WITH cells AS (
-    SELECT date_trunc(:period, r.start_date) AS start_date, r.created_by,
-           {group1} AS group1, {group2} AS group2, {group3} AS group3,
-           count(*) AS n,
-           count(*) FILTER (WHERE r.value <> 0) AS n_not_zero,
-           sum(r.value) AS s,
-           sum(r.value * r.value) AS ss,
-           min(r.value) AS lo,
-           max(r.value) AS hi,
+    SELECT """
+    + CELL_STATS
+    + """,
            {percentiles} AS p
     FROM raw_measure r
     WHERE r.measure_name = :name
@@ -226,6 +229,7 @@ SELECT :name, c.start_date, c.created_by, c.group1, c.group2, c.group3,
 FROM cells c
 RETURNING a.start_date
 """
+)
 WILDCARD_PERCENTILES = (
     "percentile_cont(ARRAY[0.25, 0.5, 0.75]) WITHIN GROUP (ORDER BY r.value)"
 )
