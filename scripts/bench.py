@@ -64,8 +64,10 @@ PG_SETTINGS = {
     "work_mem": "64MB",
     "maintenance_work_mem": "256MB",
     "max_wal_size": "4GB",
+    # Checkpoints keep up to 1 GB of used WAL segments for reuse, as a server that has
+    # been running does: creating a segment stalls every commit while it is zero-filled.
+    "min_wal_size": "1GB",
     "checkpoint_timeout": "15min",
-    "wal_compression": "on",
     "jit": "off",
 }
 SHOWN_SETTINGS = (*PG_SETTINGS, "synchronous_commit", "fsync", "max_connections", "server_version")
@@ -183,6 +185,9 @@ class Environment:
         assert table in ("raw_measure", "aggregate")  # identifier from a fixed list
         with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.execute(sa.text(f"VACUUM (ANALYZE) {table}"))
+
+    def checkpoint(self) -> None:
+        self.execute("CHECKPOINT")
 
     def add_definition(self, name: str, **columns):
         from dacc.db import db
@@ -418,15 +423,17 @@ def generate_raw(env: Environment, name: str, rows: int, *, start: dt.date, days
     """Insert `rows` raw measures in one set-based statement: every (day, group) cell gets
     the same number of rows, values cycle over 0..100; ingested (last_updated) during
     their start date, one millisecond apart as real traffic would be, so that a purge
-    sees them as old."""
+    sees them as old. Rows are written in ingestion order, as a live table holds them:
+    the table's physical order follows last_updated, which a purge walks."""
     cells = groups * max(group2, 1)
     group2_sql = "jsonb_build_object('g2', 'w' || ((i / :groups) % :group2))" if group2 else "NULL"
     env.execute(
         "INSERT INTO raw_measure (measure_name, value, start_date, created_by, group1, group2, last_updated)"
         " SELECT :name, (i * 37) % 101, day, 'bench', jsonb_build_object('g1', 'v' || (i % :groups)),"
-        f" {group2_sql}, day + (i % 86400000) * interval '1 millisecond'"
+        f" {group2_sql}, day + (i % 86400000) * interval '1 millisecond' AS ingested"
         " FROM generate_series(0, :rows - 1) AS i,"
-        " LATERAL (SELECT CAST(:start AS timestamp) + ((i / :cells) % :days) * interval '1 day' AS day) AS d",
+        " LATERAL (SELECT CAST(:start AS timestamp) + ((i / :cells) % :days) * interval '1 day' AS day) AS d"
+        " ORDER BY ingested",
         {"name": name, "start": start, "cells": cells, "days": days, "groups": groups, "group2": group2 or 1, "rows": rows},
     )
 
@@ -769,7 +776,12 @@ def section_purge(env: Environment) -> list[Figure]:
     generate_raw(env, "bench.purge_ceiling", rows, start=dt.date(2023, 1, 1), days=30)
     env.vacuum()
     _fresh_compute(env, definition, rows)
+    # Rows a purge deletes were written long before it, with checkpoints since: the first
+    # change to each page after one is logged whole (full-page writes). Both deletes
+    # start after a checkpoint, as in production.
+    env.checkpoint()
     ceiling = _bare_delete_rate(env, "bench.purge_ceiling", rows)
+    env.checkpoint()
 
     def purge() -> float:
         t0 = time.perf_counter()
