@@ -349,14 +349,17 @@ def _merge(conn, plan: _Plan, result: AggregationResult, *, force: bool) -> None
             rebuild_from=state.rebuild_from,
         )
     rebuild = params["rebuild_from"] is not None
+    all_new = False
     if plan.quartiles:
-        result.refused = conn.execute(
-            sa.text(sql.refuse(list(plan.levels), rebuild=rebuild)), params
-        ).rowcount
+        all_new = not conn.execute(sa.text(sql.HAS_CELLS), params).scalar()
+        # No cell, so none was purged: nothing to refuse.
+        if not all_new:
+            result.refused = conn.execute(
+                sa.text(sql.refuse(list(plan.levels), rebuild=rebuild)), params
+            ).rowcount
     for starred in plan.levels:
-        row = conn.execute(
-            sa.text(sql.merge(starred, rebuild=rebuild, quartiles=plan.quartiles)), params
-        ).one()
+        statement = sql.merge(starred, rebuild=rebuild, quartiles=plan.quartiles, all_new=all_new)
+        row = conn.execute(sa.text(statement), params).one()
         if starred == PLAIN:
             result.raw_read = int(row.raw_read)
         result.inserted += row.inserted

@@ -86,13 +86,15 @@ CELL_STATS = """date_trunc(:period, r.start_date) AS start_date, r.created_by,
 # ... ON CONFLICT DO UPDATE. Cells keep exact sums (count, sum, sum of squares, extremes)
 # so that a merge gives the same numbers as a recompute. With quartiles, the touched
 # cells get median and quartiles from ALL their raw rows in the same statement
-# ({quartiles_from}). RETURNING (xmax = 0) tells inserted from updated.
+# ({quartiles_from}); when the measure had no cell at all, every row of every cell is
+# new and the GROUP BY computes them ({fresh_percentiles}) without a second read.
+# RETURNING (xmax = 0) tells inserted from updated.
 MERGE = (
     """
 WITH fresh AS (
     SELECT """
     + CELL_STATS
-    + """
+    + """{fresh_percentiles}
     FROM raw_measure r
     WHERE {new_rows}
     GROUP BY 1, 2, 3, 4, 5
@@ -129,6 +131,9 @@ FROM merged
 )
 NO_QUARTILES = "NULL, NULL, NULL"
 QUARTILES = "q.p[2], q.p[1], q.p[3]"
+FRESH_QUARTILES = "f.p[2], f.p[1], f.p[3]"
+PERCENTILES = "percentile_cont(ARRAY[0.25, 0.5, 0.75]) WITHIN GROUP (ORDER BY r.value)"
+"""Median and quartiles of the grouped rows, as PostgreSQL interpolates them: {q1, median, q3}."""
 # Quartiles of the touched cells only, from all their raw rows: per touched cell, one
 # range scan of ix_raw_measure_name_start_date over the cell's period, the other keys
 # compared NULL-safely. percentile_cont over an array sorts the cell's values once for
@@ -136,7 +141,7 @@ QUARTILES = "q.p[2], q.p[1], q.p[3]"
 # periods, and it never sorts an untouched cell.)
 QUARTILES_FROM = """
     CROSS JOIN LATERAL (
-        SELECT percentile_cont(ARRAY[0.25, 0.5, 0.75]) WITHIN GROUP (ORDER BY r.value) AS p
+        SELECT """ + PERCENTILES + """ AS p
         FROM raw_measure r
         WHERE r.measure_name = :name
           AND r.start_date >= f.start_date
@@ -230,9 +235,6 @@ FROM cells c
 RETURNING a.start_date
 """
 )
-WILDCARD_PERCENTILES = (
-    "percentile_cont(ARRAY[0.25, 0.5, 0.75]) WITHIN GROUP (ORDER BY r.value)"
-)
 WILDCARD_NO_PERCENTILES = "CAST(NULL AS float8[])"
 
 
@@ -245,18 +247,33 @@ def new_rows(*, rebuild: bool) -> str:
     return f"r.measure_name = :name\n      AND ({NOT_SEEN}{REBUILD if rebuild else ''})"
 
 
-def merge(starred: frozenset[str], *, rebuild: bool, quartiles: bool) -> str:
+def merge(starred: frozenset[str], *, rebuild: bool, quartiles: bool, all_new: bool = False) -> str:
+    """The MERGE of one level. `all_new`: the measure has no cell yet, so quartiles come
+    from the new rows alone (only then are they all of each cell's rows)."""
     n, s, ss = "(a.count + EXCLUDED.count)", "(a.sum + EXCLUDED.sum)", "(a.sum_squares + EXCLUDED.sum_squares)"
     cell = " AND ".join(
         f"r.{g} IS NOT DISTINCT FROM f.{g}" for g in GROUPS if g not in starred
     ) or "TRUE"
+    if not quartiles:
+        quartile_parts = {"quartiles": NO_QUARTILES, "quartiles_from": "", "fresh_percentiles": ""}
+    elif all_new:
+        quartile_parts = {
+            "quartiles": FRESH_QUARTILES,
+            "quartiles_from": "",
+            "fresh_percentiles": f",\n           {PERCENTILES} AS p",
+        }
+    else:
+        quartile_parts = {
+            "quartiles": QUARTILES,
+            "quartiles_from": QUARTILES_FROM.format(groups=cell),
+            "fresh_percentiles": "",
+        }
     return MERGE.format(
         **level_groups(starred),
         new_rows=new_rows(rebuild=rebuild),
         std_new=STD.format(n="f.n", s="f.s", ss="f.ss"),
         std_merged=STD.format(n=n, s=s, ss=ss),
-        quartiles=QUARTILES if quartiles else NO_QUARTILES,
-        quartiles_from=QUARTILES_FROM.format(groups=cell) if quartiles else "",
+        **quartile_parts,
     )
 
 
@@ -284,10 +301,13 @@ def wildcard_level(starred: frozenset[str]) -> str:
 def wildcard(starred: frozenset[str], *, quartiles: bool) -> str:
     return WILDCARD.format(
         **level_groups(starred),
-        percentiles=WILDCARD_PERCENTILES if quartiles else WILDCARD_NO_PERCENTILES,
+        percentiles=PERCENTILES if quartiles else WILDCARD_NO_PERCENTILES,
         std=STD.format(n="c.n", s="c.s", ss="c.ss"),
     )
 
+
+HAS_CELLS = "SELECT EXISTS (SELECT 1 FROM aggregate WHERE measure_name = :name)"
+"""Read under the measure's lock: no other run or rebuild adds or removes its cells."""
 
 READ_DEFINITION_VERSION = """
 SELECT updated_at FROM measure_definition WHERE name = :name

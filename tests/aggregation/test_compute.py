@@ -141,6 +141,28 @@ def test_delete_aggregations_from_date_then_run_rebuilds_exactly(app, make_defin
     assert _scalar("SELECT rebuild_from FROM aggregation_state") is None
 
 
+@pytest.mark.parametrize("from_week", [0, 2])
+def test_rebuild_with_quartiles_is_exact_whether_or_not_cells_remain(app, make_definition, from_week):
+    """From the first week no cell is left, and the rebuild takes the quartiles from its
+    GROUP BY; from a later week the kept cell that gets new rows re-reads all of them."""
+    definition = make_definition("m", aggregation_period="week", with_quartiles=True, wildcard_groups=[["group1"]])
+    weeks = [DAY + timedelta(weeks=i, days=i % 3) for i in range(4)]
+
+    def spread(day, group, values):
+        return [(Decimal(v), day, "app", {"g1": group}, None, None) for v in values]
+
+    insert_raw("m", [r for i, d in enumerate(weeks) for r in spread(d, "xy"[i % 2], ["1.5", "4", f"{i}.25", "-2"])])
+    compute_aggregation("m", force=True)
+    insert_raw("m", spread(weeks[0], "x", ["-7.5", "30"]) + spread(weeks[3], "y", ["9.75"]))
+    delete_aggregations_from_date("m", weeks[from_week].date())
+    compute_aggregation("m")
+
+    assert_cells_equal(aggregate_cells("m", {}), expected_cells(definition))
+    assert_cells_equal(aggregate_cells("m", {"group1": "g1"}), expected_cells(definition, frozenset({"group1"})))
+    medians = {k[0]: c["median"] for k, c in aggregate_cells("m", {}).items()}
+    assert medians[DAY] == pytest.approx(0.875)  # -7.5, -2, 0.25 | 1.5, 4, 30
+
+
 def _stamp_as_purged(name="m"):
     """What a purge does to the cells: stamp them (the raw rows are left, which only
     makes a wrong rebuild easier to see)."""
