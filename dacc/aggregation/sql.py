@@ -81,6 +81,10 @@ CELL_STATS = """date_trunc(:period, r.start_date) AS start_date, r.created_by,
            min(r.value) AS lo,
            max(r.value) AS hi"""
 """The mergeable statistics of raw rows `r` grouped by cell: MERGE and WILDCARD share them."""
+CELL_COLUMNS = """(measure_name, start_date, created_by, group1, group2, group3,
+        count, count_not_zero, sum, sum_squares, min, max, avg, std,
+        median, first_quartile, third_quartile, last_updated)"""
+"""The aggregate columns MERGE and WILDCARD insert, in the order of their SELECT lists."""
 
 # Merge the new raw rows of one level into its cells: one INSERT ... SELECT ... GROUP BY
 # ... ON CONFLICT DO UPDATE. Cells keep exact sums (count, sum, sum of squares, extremes)
@@ -99,10 +103,7 @@ WITH fresh AS (
     WHERE {new_rows}
     GROUP BY 1, 2, 3, 4, 5
 ), merged AS (
-    INSERT INTO aggregate AS a
-        (measure_name, start_date, created_by, group1, group2, group3,
-         count, count_not_zero, sum, sum_squares, min, max, avg, std,
-         median, first_quartile, third_quartile, last_updated)
+    INSERT INTO aggregate AS a """ + CELL_COLUMNS + """
     SELECT :name, f.start_date, f.created_by, f.group1, f.group2, f.group3,
            f.n, f.n_not_zero, f.s, f.ss, f.lo, f.hi, f.s / f.n, {std_new},
            {quartiles}, now()
@@ -224,10 +225,7 @@ WITH cells AS (
       AND r.last_updated >= :from_ts AND r.last_updated < :to_ts
     GROUP BY 1, 2, 3, 4, 5
 )
-INSERT INTO aggregate AS a
-    (measure_name, start_date, created_by, group1, group2, group3,
-     count, count_not_zero, sum, sum_squares, min, max, avg, std,
-     median, first_quartile, third_quartile, last_updated)
+INSERT INTO aggregate AS a """ + CELL_COLUMNS + """
 SELECT :name, c.start_date, c.created_by, c.group1, c.group2, c.group3,
        c.n, c.n_not_zero, c.s, c.ss, c.lo, c.hi, c.s / c.n, {std},
        c.p[2], c.p[1], c.p[3], now()
