@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
+import click
 from flask import Flask
 
-from dacc.config import Config, load_config, redact_url
+from dacc.config import Config, ConfigError, load_config, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -18,9 +20,12 @@ MAX_BODY_BYTES = 16 * 1024 * 1024
 
 def create_app(config: Config | None = None) -> Flask:
     """Build the app: config, logging, database, extensions, blueprints, errors, CLI."""
-    config = config or load_config()
+    try:
+        config = config or load_config()
+        _configure_logging(config)
+    except ConfigError as exc:
+        _stop_on_config_error(exc)
     app = Flask(__name__)
-    _configure_logging(config)
     app.config["DACC"] = config
     app.config["TESTING"] = config.testing
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
@@ -28,17 +33,34 @@ def create_app(config: Config | None = None) -> Flask:
     _configure_database(app, config)
     _register_blueprints(app, config)
     _register_errors(app)
+    _register_request_log(app)
     _register_commands(app)
     if config.embedded:
         _migrate_embedded(app)
     return app
 
 
+def _stop_on_config_error(exc: ConfigError):
+    """The CLI prints a ConfigError as one line (it is a ClickException); so does gunicorn
+    an AppImportError, and it stops (exit 4) instead of printing a traceback and
+    respawning the worker forever."""
+    if "gunicorn.arbiter" in sys.modules:
+        from gunicorn.errors import AppImportError
+
+        raise AppImportError(f"Error: {exc.message}") from None
+    raise exc
+
+
 def _configure_logging(config: Config) -> None:
-    level = getattr(logging, config.log_level) if config.logging_enable else logging.CRITICAL + 1
-    logging.getLogger("dacc").setLevel(level)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from dacc.logs import configure_logging
+
+    configure_logging(config)
+
+
+def _register_request_log(app: Flask) -> None:
+    from dacc.logs import register_request_log
+
+    register_request_log(app)
 
 
 def _configure_database(app: Flask, config: Config) -> None:
@@ -47,7 +69,9 @@ def _configure_database(app: Flask, config: Config) -> None:
 
     url = config.database_url or start_embedded(config.data_dir, stop_at_exit=config.testing)
     where = f"embedded PostgreSQL in {config.data_dir}" if config.embedded else redact_url(url)
-    log.info("database: %s (config: %s)", where, config.source)
+    # Said at each server start; every CLI command (even --help) would repeat it: debug.
+    in_cli = click.get_current_context(silent=True) is not None
+    log.log(logging.DEBUG if in_cli else logging.INFO, "database: %s (config: %s)", where, config.source)
     app.config["SQLALCHEMY_DATABASE_URI"] = url
     app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {
         # No pre-ping: it costs a round trip on every request. A connection found dead

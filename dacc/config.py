@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from pathlib import Path
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import click
+import sqlalchemy as sa
 import yaml
 
 SYSTEM_CONFIG = Path("/etc/dacc/config.yml")
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_LEVELS = ("DEBUG", "INFO", "NOTICE", "WARNING", "ERROR", "CRITICAL")
+"""Syslog's names (Cozy's `logger_criticity`); NOTICE sits between INFO and WARNING."""
 DB_KEYS = ("host", "port", "dbname", "user", "password")
 TOP_LEVEL_KEYS = ("database", "logging", "dacc")
-LOGGING_KEYS = ("enable", "logger_criticity")
+LOGGING_KEYS = ("enable", "logger_criticity", "syslog_address")
 DACC_KEYS = (
     "data_dir",
     "token_cache_seconds",
@@ -22,6 +25,23 @@ DACC_KEYS = (
     "statement_timeout_ms",
     "bench_endpoints",
 )
+
+
+def _project_instance_dir() -> Path:
+    """The instance folder of this installation, whatever the current directory.
+
+    Flask's convention: `<checkout>/instance` for a source checkout (an editable
+    install), `<prefix>/var/dacc-instance` for an installed package. A `flask` command
+    run from another folder thus joins the same embedded database instead of starting
+    a second, empty one there.
+    """
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "setup.cfg").is_file():
+        return checkout / "instance"
+    return Path(sys.prefix) / "var" / "dacc-instance"
+
+
+DEFAULT_DATA_DIR = str(_project_instance_dir() / "pgdata")
 
 
 class ConfigError(click.ClickException):
@@ -38,12 +58,18 @@ class Config:
 
     database_url: str | None = None
     """SQLAlchemy URL of an external PostgreSQL; None means the embedded server."""
-    data_dir: str = "instance/pgdata"
+    data_dir: str = DEFAULT_DATA_DIR
     """Data folder of the embedded PostgreSQL."""
     source: str = "defaults"
     """Where the configuration came from, for the start-up log line."""
     logging_enable: bool = True
+    """False silences DACC's logs altogether (test subprocesses that read stderr)."""
+    log_to_syslog: bool = False
+    """`logging.enable`: records go to syslog instead of stderr."""
     log_level: str = "INFO"
+    """`logging.logger_criticity`: the least severe level logged, a name of LOG_LEVELS."""
+    syslog_address: str = "/dev/log"
+    """`logging.syslog_address`: a unix socket path, or `host:port` (UDP)."""
     token_cache_seconds: int = 5
     """How long a process trusts a token it already checked (at most 60)."""
     aggregate_cache_seconds: int = 2
@@ -64,6 +90,8 @@ def load_config(environ: dict[str, str] | None = None, cwd: Path | None = None) 
 
     Order: the file named by DACC_CONFIG, ./config.yml, /etc/dacc/config.yml; a missing
     file everywhere means defaults. DATABASE_URL then overrides the database section.
+    A relative `dacc.data_dir` is relative to its file, a relative DACC_DATA_DIR to the
+    current directory; the default is the installation's instance folder.
     Raises ConfigError naming the file and key at fault.
     """
     env = os.environ if environ is None else environ
@@ -85,9 +113,9 @@ def load_config(environ: dict[str, str] | None = None, cwd: Path | None = None) 
         values["database_url"] = normalise_database_url(env["DATABASE_URL"], "DATABASE_URL")
         values["source"] += " + DATABASE_URL"
     if env.get("DACC_DATA_DIR"):
-        values["data_dir"] = env["DACC_DATA_DIR"]
-    if not Path(values.get("data_dir", Config.data_dir)).is_absolute():
-        values["data_dir"] = str(cwd / values.get("data_dir", Config.data_dir))
+        values["data_dir"] = str(cwd / env["DACC_DATA_DIR"])
+    elif "data_dir" in values:
+        values["data_dir"] = str(path.resolve().parent / values["data_dir"])
     return Config(**values)
 
 
@@ -132,13 +160,21 @@ def _database_url(database, section: str, where: str) -> str:
     port = settings.get("port", 5432)
     if not _is_int(port) or not 0 < port < 65536:
         raise ConfigError(f"{where}: 'database.{section}.port' must be a port number")
-    password = settings.get("password") or ""
-    auth = quote(str(settings["user"]), safe="")
-    if password:
-        auth += ":" + quote(str(password), safe="")
     host = str(settings["host"])
-    dbname = quote(str(settings["dbname"]), safe="")
-    return f"postgresql+psycopg2://{auth}@{host}:{port}/{dbname}"
+    socket_dir = host.startswith("/")
+    # URL.create escapes every part: a password with '@', '/' or ':' stays a password.
+    # A host that is a folder is libpq's unix-socket directory: it goes in the query
+    # (with the port, which names the socket file), not in the authority.
+    url = sa.engine.URL.create(
+        "postgresql+psycopg2",
+        username=str(settings["user"]),
+        password=str(settings["password"]) if settings.get("password") else None,
+        host=None if socket_dir else host,
+        port=None if socket_dir else port,
+        database=str(settings["dbname"]),
+        query={"host": host, "port": str(port)} if socket_dir else {},
+    )
+    return url.render_as_string(hide_password=False)
 
 
 def _read_logging(logging_, where: str, values: dict) -> None:
@@ -150,14 +186,20 @@ def _read_logging(logging_, where: str, values: dict) -> None:
     if "enable" in logging_:
         if not isinstance(logging_["enable"], bool):
             raise ConfigError(f"{where}: 'logging.enable' must be true or false")
-        values["logging_enable"] = logging_["enable"]
+        values["log_to_syslog"] = logging_["enable"]
     if "logger_criticity" in logging_:
         level = str(logging_["logger_criticity"]).upper()
         if level not in LOG_LEVELS:
-            raise ConfigError(
-                f"{where}: 'logging.logger_criticity' must be one of {', '.join(LOG_LEVELS)}"
-            )
+            names = ", ".join(name.lower() for name in LOG_LEVELS)
+            raise ConfigError(f"{where}: 'logging.logger_criticity' must be one of {names}")
         values["log_level"] = level
+    if "syslog_address" in logging_:
+        address = logging_["syslog_address"]
+        if not isinstance(address, str) or not (address.startswith("/") or _is_host_port(address)):
+            raise ConfigError(
+                f"{where}: 'logging.syslog_address' must be a socket path (/dev/log) or host:port"
+            )
+        values["syslog_address"] = address
 
 
 def _read_dacc_section(section, where: str, values: dict) -> None:
@@ -193,6 +235,11 @@ def _refuse_unknown(mapping: dict, known, prefix: str, where: str) -> None:
     unknown = sorted(str(key) for key in mapping if key not in known)
     if unknown:
         raise ConfigError(f"{where}: unknown key '{prefix}{unknown[0]}'")
+
+
+def _is_host_port(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    return bool(host) and port.isdigit() and 0 < int(port) < 65536
 
 
 def _is_int(value) -> bool:

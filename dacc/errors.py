@@ -66,6 +66,17 @@ def error_message(exc: Exception) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
+def is_schema_behind(exc: Exception) -> bool:
+    """The database lacks a table or column the code uses: it was not migrated."""
+    import psycopg2.errors
+
+    orig = getattr(exc, "orig", None)
+    return isinstance(orig, (psycopg2.errors.UndefinedTable, psycopg2.errors.UndefinedColumn))
+
+
+SCHEMA_HINT = "the database schema is behind the code: run `flask db upgrade`"
+
+
 def register_error_handlers(app):
     """Turn every error into `{"error": ...}` JSON; never HTML, never a traceback."""
 
@@ -99,6 +110,14 @@ def register_error_handlers(app):
 
     @app.errorhandler(Exception)
     def handle_unexpected(exc: Exception):
+        if is_schema_behind(exc):
+            # An operator's fault, not the client's: say so once per request, briefly.
+            log.error("%s on %s: %s", SCHEMA_HINT, _request_line(), error_message(exc))
+            _rollback_quietly()
+            response = jsonify({"error": "service not ready: database schema out of date"})
+            response.status_code = 503
+            response.headers["Retry-After"] = "30"
+            return response
         log.exception("unhandled error on %s", _request_line())
         _rollback_quietly()
         response = jsonify({"error": "internal server error"})

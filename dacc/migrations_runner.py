@@ -16,11 +16,44 @@ MIGRATION_LOCK = 7_420_001
 """Advisory lock key: several processes starting at once migrate one at a time."""
 
 
+HEAD_KEY = "dacc_schema_head"
+
+
+def schema_head() -> str:
+    """The newest migration this code ships (read once per process)."""
+    head = current_app.extensions.get(HEAD_KEY)
+    if head is None:
+        head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+        current_app.extensions[HEAD_KEY] = head
+    return head
+
+
+def schema_is_behind(revision: str | None) -> bool:
+    """True when the database at `revision` lacks migrations this code ships.
+
+    A revision this code does not know is newer (a later release migrated it during a
+    rolling upgrade): not behind, since migrations keep the previous release working.
+    """
+    if revision == schema_head():
+        return False
+    if revision is None:
+        return True
+    script = ScriptDirectory.from_config(_alembic_config())
+    try:
+        return script.get_revision(revision) is not None
+    except Exception:  # alembic raises its own errors for an unknown revision
+        return False
+
+
+def _alembic_config():
+    migrate_ext = current_app.extensions["migrate"]
+    return migrate_ext.migrate.get_config(migrate_ext.directory)
+
+
 def upgrade_to_head() -> bool:
     """Upgrade the database to the newest migration; True when something ran."""
-    migrate_ext = current_app.extensions["migrate"]
-    alembic_config = migrate_ext.migrate.get_config(migrate_ext.directory)
-    head = ScriptDirectory.from_config(alembic_config).get_current_head()
+    alembic_config = _alembic_config()
+    head = schema_head()
     with db.engine.connect() as conn:
         if MigrationContext.configure(conn).get_current_revision() == head:
             return False

@@ -6,12 +6,23 @@ import psycopg2.errors
 import sqlalchemy as sa
 
 from dacc.db import db
+from dacc.migrations_runner import schema_head, schema_is_behind
 
 log = logging.getLogger(__name__)
+
+SCHEMA_BEHIND = "database schema is behind the code: run `flask db upgrade`"
+
+# The liveness check also tells whether the database was ever migrated: to_regclass
+# gives NULL for a missing table where a SELECT from it would fail.
+_MIGRATED = sa.text("SELECT to_regclass('alembic_version') IS NOT NULL")
+_REVISION = sa.text("SELECT max(version_num) FROM alembic_version")
 
 
 def check_database() -> dict:
     """{"status": "ok"} or {"status": "ko", "error": short reason}; answers within seconds.
+
+    "ko" also when the schema is not the newest this code ships: every other endpoint
+    would fail on a missing table or column.
 
     /status needs no token, so the reason is a fixed phrase: the driver's message
     (host, address, user) goes to the log only.
@@ -19,8 +30,12 @@ def check_database() -> dict:
     for attempt in (1, 2):
         try:
             db.session.execute(sa.text("SET LOCAL statement_timeout = '2s'"))
-            db.session.execute(sa.text("SELECT 1"))
+            migrated = db.session.execute(_MIGRATED).scalar()
+            revision = db.session.execute(_REVISION).scalar() if migrated else None
             db.session.rollback()
+            if schema_is_behind(revision):
+                log.warning("database schema at %s, this code needs %s", revision, schema_head())
+                return {"status": "ko", "error": SCHEMA_BEHIND}
             return {"status": "ok"}
         except Exception as exc:  # any failure means "ko"
             db.session.rollback()

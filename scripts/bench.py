@@ -331,6 +331,7 @@ def _gunicorn(env: Environment, args):
         "--threads", str(args.threads),
         "--keep-alive", "75",
         "--log-level", "warning",
+        "--no-control-socket",  # else one shared $HOME/.gunicorn/gunicorn.ctl per host
         "dacc:create_app()",
     ]  # fmt: skip
     process = subprocess.Popen(

@@ -6,7 +6,11 @@ import sys
 
 import pytest
 
+import sqlalchemy as sa
+
 from dacc.config import ConfigError, load_config, normalise_database_url, redact_url
+
+PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 GOOD = """
 database:
@@ -16,16 +20,79 @@ logging: {enable: true, logger_criticity: warning}
 """
 
 
-def test_no_file_and_no_url_means_embedded(tmp_path):
+def test_no_file_and_no_url_means_embedded_in_the_project_instance_folder(tmp_path):
     config = load_config({}, tmp_path)
     assert config.embedded
-    assert config.data_dir == str(tmp_path / "instance/pgdata")
+    # From the checkout, whatever the current directory: a `flask` command run from
+    # another folder joins the same database instead of starting an empty one there.
+    assert config.data_dir == os.path.join(PROJECT, "instance", "pgdata")
+    assert load_config({}, tmp_path / "elsewhere").data_dir == config.data_dir
     assert config.source == "defaults"
 
 
 def test_dacc_data_dir_overrides_the_folder(tmp_path):
     config = load_config({"DACC_DATA_DIR": "/srv/pg"}, tmp_path)
     assert config.data_dir == "/srv/pg"
+    assert load_config({"DACC_DATA_DIR": "pg"}, tmp_path).data_dir == str(tmp_path / "pg")
+
+
+def test_a_relative_data_dir_in_a_file_is_relative_to_that_file(tmp_path):
+    path = tmp_path / "etc" / "dacc.yml"
+    path.parent.mkdir()
+    path.write_text("dacc: {data_dir: pgdata}")
+    config = load_config({"DACC_CONFIG": str(path)}, tmp_path / "somewhere")
+    assert config.data_dir == str(tmp_path / "etc" / "pgdata")
+
+
+@pytest.mark.parametrize("password", ["p@ss", "a/b:c@d", "x%41y", "sp ace"])
+def test_passwords_with_url_characters_survive(tmp_path, password):
+    (tmp_path / "config.yml").write_text(
+        yaml_database(host="db.example", password=password)
+    )
+    url = sa.engine.make_url(load_config({}, tmp_path).database_url)
+    assert (url.username, url.password, url.host, url.port, url.database) == (
+        "dacc", password, "db.example", 5432, "dacc"
+    )
+
+
+def test_a_socket_directory_host_goes_to_libpq_as_host(tmp_path):
+    (tmp_path / "config.yml").write_text(yaml_database(host="/var/run/postgresql", port=5433))
+    engine = sa.create_engine(load_config({}, tmp_path).database_url)
+    _, params = engine.dialect.create_connect_args(engine.url)
+    assert params == {
+        "dbname": "dacc",
+        "user": "dacc",
+        "password": "pw",
+        "host": "/var/run/postgresql",
+        "port": "5433",
+    }
+
+
+def test_a_socket_directory_host_connects(database_url, tmp_path):
+    """The tests' own PostgreSQL listens on a unix socket: reach it through the file."""
+    served = sa.engine.make_url(database_url)
+    socket_dir = served.query.get("host") or served.host
+    if not str(socket_dir).startswith("/"):
+        pytest.skip("the test database is not on a unix socket")
+    (tmp_path / "config.yml").write_text(
+        yaml_database(host=socket_dir, port=served.port or 5432, user=served.username,
+                      password=served.password or "", dbname=served.database)
+    )
+    engine = sa.create_engine(load_config({}, tmp_path).database_url)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT current_database()")).scalar() == served.database
+    finally:
+        engine.dispose()
+
+
+def yaml_database(*, host, port=5432, user="dacc", password="pw", dbname="dacc"):
+    import json
+
+    settings = {"host": host, "port": port, "dbname": dbname, "user": user}
+    if password:
+        settings["password"] = password
+    return json.dumps({"database": {"default": settings}})
 
 
 def test_config_file_in_cwd_builds_a_psycopg2_url(tmp_path):
@@ -72,6 +139,8 @@ def test_database_url_overrides_the_file(tmp_path):
         ("database: {other: {}}", "database.default"),
         ("database: {default: {host: h, dbname: d, user: u, port: x}}", "port"),
         ("logging: {logger_criticity: loud}", "logging.logger_criticity"),
+        ("logging: {syslog_address: 'nohost'}", "logging.syslog_address"),
+        ("logging: {syslog_address: 'h:99999'}", "logging.syslog_address"),
         ("logging: {enable: maybe}", "logging.enable"),
         ("logging: {level: INFO}", "unknown key 'logging.level'"),
         ("databse: {}", "unknown key 'databse'"),

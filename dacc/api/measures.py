@@ -5,8 +5,9 @@ import json
 from flask import Blueprint, jsonify, request
 
 from dacc.auth import require_scope
-from dacc.errors import BadRequest, UnsupportedMediaType
+from dacc.errors import BadRequest, DaccError, UnsupportedMediaType
 from dacc.ingestion import record_measure, record_measures
+from dacc.logs import log_refused_measures
 
 bp = Blueprint("measures", __name__)
 
@@ -19,7 +20,12 @@ MEASURE_MAX_BYTES = 64 * 1024
 def post_measure():
     # Any token with measure:write may write any measure, as in DACC: access rules
     # apply to reads.
-    result = record_measure(_json_body(max_bytes=MEASURE_MAX_BYTES))
+    body = _json_body(max_bytes=MEASURE_MAX_BYTES)
+    try:
+        result = record_measure(body)
+    except DaccError as exc:
+        log_refused_measures(body, exc)
+        raise
     if result.duplicates:
         return jsonify({"ok": True, "duplicate": True}), 200
     return jsonify({"ok": True}), 201
@@ -28,7 +34,12 @@ def post_measure():
 @bp.post("/measures")
 @require_scope("measure:write")
 def post_measures():
-    result = record_measures(_json_body())
+    body = _json_body()
+    try:
+        result = record_measures(body)
+    except DaccError as exc:
+        log_refused_measures(body, exc)
+        raise
     return jsonify({"ok": True, "inserted": result.inserted, "duplicates": result.duplicates}), 201
 
 

@@ -6,7 +6,7 @@ import click
 from sqlalchemy.exc import SQLAlchemyError
 
 from dacc.db import db
-from dacc.errors import DaccError, error_message
+from dacc.errors import SCHEMA_HINT, DaccError, error_message, is_schema_behind
 
 
 def cli_errors(func):
@@ -22,6 +22,7 @@ def cli_errors(func):
         except SQLAlchemyError as exc:
             # The domain function's transaction did not commit; leave the session usable.
             db.session.rollback()
-            raise click.ClickException(f"failed: {error_message(exc)}") from None
+            hint = f" ({SCHEMA_HINT})" if is_schema_behind(exc) else ""
+            raise click.ClickException(f"failed: {error_message(exc)}{hint}") from None
 
     return wrapper
