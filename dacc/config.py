@@ -16,7 +16,7 @@ SYSTEM_CONFIG = Path("/etc/dacc/config.yml")
 LOG_LEVELS = ("DEBUG", "INFO", "NOTICE", "WARNING", "ERROR", "CRITICAL")
 """Syslog's names (Cozy's `logger_criticity`); NOTICE sits between INFO and WARNING."""
 DB_KEYS = ("host", "port", "dbname", "user", "password")
-TOP_LEVEL_KEYS = ("database", "logging", "dacc")
+TOP_LEVEL_KEYS = ("database", "logging", "dacc", "mqtt")
 LOGGING_KEYS = ("enable", "logger_criticity", "syslog_address")
 DACC_KEYS = (
     "data_dir",
@@ -25,6 +25,20 @@ DACC_KEYS = (
     "statement_timeout_ms",
     "bench_endpoints",
 )
+MQTT_KEYS = (
+    "host",
+    "port",
+    "username",
+    "password",
+    "tls",
+    "client_id",
+    "qos",
+    "subscriptions",
+    "batch_max_size",
+    "save_interval_ms",
+    "rejected_topic",
+)
+MQTT_TLS_KEYS = ("ca_certs", "certfile", "keyfile")
 
 
 def _project_instance_dir() -> Path:
@@ -53,6 +67,36 @@ class ConfigError(click.ClickException):
 
 
 @dataclasses.dataclass(frozen=True)
+class Subscription:
+    """An MQTT topic filter and the org its measures are written for (a token's part)."""
+
+    topic: str
+    org: str
+
+
+@dataclasses.dataclass(frozen=True)
+class MqttConfig:
+    """The broker that `flask ingest mqtt` drains, and how it batches."""
+
+    subscriptions: tuple[Subscription, ...]
+    host: str = "localhost"
+    port: int = 1883
+    username: str | None = None
+    password: str | None = dataclasses.field(default=None, repr=False)
+    """From the file or DACC_MQTT_PASSWORD; kept out of repr so that no log shows it."""
+    tls: bool = False
+    tls_ca_certs: str | None = None
+    tls_certfile: str | None = None
+    tls_keyfile: str | None = None
+    client_id: str = "dacc-ingest"
+    """Fixed, so that the broker keeps the session (and unacknowledged messages) for it."""
+    qos: int = 1
+    batch_max_size: int = 1000
+    save_interval_ms: int = 500
+    rejected_topic: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     """Everything the app reads from its environment, read once."""
 
@@ -78,6 +122,8 @@ class Config:
     """Default statement timeout of web requests; jobs lift it."""
     bench_endpoints: bool = False
     """Expose the benchmark's ceiling endpoints. Only the benchmark sets it."""
+    mqtt: MqttConfig | None = None
+    """The `mqtt` section, for `flask ingest mqtt`; None when absent."""
     testing: bool = False
 
     @property
@@ -108,6 +154,8 @@ def load_config(environ: dict[str, str] | None = None, cwd: Path | None = None) 
         values["database_url"] = _database_url(database, section, where)
     _read_logging(raw.get("logging"), where, values)
     _read_dacc_section(raw.get("dacc"), where, values)
+    if raw.get("mqtt") is not None:
+        values["mqtt"] = _read_mqtt_section(raw["mqtt"], env.get("DACC_MQTT_PASSWORD"), where)
 
     if env.get("DATABASE_URL"):
         values["database_url"] = normalise_database_url(env["DATABASE_URL"], "DATABASE_URL")
@@ -228,6 +276,77 @@ def _read_dacc_section(section, where: str, values: dict) -> None:
         if not isinstance(section["bench_endpoints"], bool):
             raise ConfigError(f"{where}: 'dacc.bench_endpoints' must be true or false")
         values["bench_endpoints"] = section["bench_endpoints"]
+
+
+def _read_mqtt_section(section, env_password: str | None, where: str) -> MqttConfig:
+    """The broker settings; DACC_MQTT_PASSWORD, when set, wins over `mqtt.password`."""
+    if not isinstance(section, dict):
+        raise ConfigError(f"{where}: key 'mqtt' must be a mapping")
+    _refuse_unknown(section, MQTT_KEYS, "mqtt.", where)
+    values: dict = {"subscriptions": _mqtt_subscriptions(section.get("subscriptions"), where)}
+    for key in ("host", "username", "password", "client_id"):
+        if key in section:
+            if not isinstance(section[key], str) or not section[key]:
+                raise ConfigError(f"{where}: 'mqtt.{key}' must be a non-empty string")
+            values[key] = section[key]
+    if env_password:
+        values["password"] = env_password
+    qos = section.get("qos", 1)
+    if not _is_int(qos) or qos != 1:
+        # At QoS 0 the broker never redelivers; at QoS 2 it forgets a message once we
+        # have received it (PUBREC), before we stored it. Only QoS 1 redelivers until
+        # the acknowledgement, which the worker sends after its commit.
+        raise ConfigError(f"{where}: 'mqtt.qos' must be 1 (0 and 2 could lose a message in a crash)")
+    limits = {"port": (1, 65535), "batch_max_size": (1, 100_000), "save_interval_ms": (1, 600_000)}
+    for key, (low, high) in limits.items():
+        if key in section:
+            if not _is_int(section[key]) or not low <= section[key] <= high:
+                raise ConfigError(f"{where}: 'mqtt.{key}' must be an integer in {low}..{high}")
+            values[key] = section[key]
+    tls = section.get("tls", False)
+    if isinstance(tls, dict):
+        _refuse_unknown(tls, MQTT_TLS_KEYS, "mqtt.tls.", where)
+        for key in MQTT_TLS_KEYS:
+            if key in tls and (not isinstance(tls[key], str) or not tls[key]):
+                raise ConfigError(f"{where}: 'mqtt.tls.{key}' must be a file path")
+            values[f"tls_{key}"] = tls.get(key)
+        tls = True
+    elif not isinstance(tls, bool):
+        raise ConfigError(f"{where}: 'mqtt.tls' must be true, false or a mapping of {', '.join(MQTT_TLS_KEYS)}")
+    values["tls"] = tls
+    rejected = section.get("rejected_topic")
+    if rejected is not None:
+        if not isinstance(rejected, str) or not rejected or "+" in rejected or "#" in rejected:
+            raise ConfigError(f"{where}: 'mqtt.rejected_topic' must be a topic name without wildcards")
+        values["rejected_topic"] = rejected
+    return MqttConfig(**values)
+
+
+def _mqtt_subscriptions(subscriptions, where: str) -> tuple[Subscription, ...]:
+    if not isinstance(subscriptions, list) or not subscriptions:
+        raise ConfigError(f"{where}: 'mqtt.subscriptions' must be a list of {{topic, org}}")
+    result = []
+    for i, item in enumerate(subscriptions):
+        at = f"mqtt.subscriptions[{i}]"
+        if not isinstance(item, dict):
+            raise ConfigError(f"{where}: '{at}' must be a mapping {{topic, org}}")
+        _refuse_unknown(item, ("topic", "org"), f"{at}.", where)
+        topic, org = item.get("topic"), item.get("org")
+        if not isinstance(topic, str) or not _valid_topic_filter(topic):
+            raise ConfigError(f"{where}: '{at}.topic' must be an MQTT topic filter")
+        if not isinstance(org, str) or not org:
+            raise ConfigError(f"{where}: '{at}.org' must be a non-empty string")
+        result.append(Subscription(topic, org))
+    return tuple(result)
+
+
+def _valid_topic_filter(topic: str) -> bool:
+    """'+' takes a whole level, '#' only the whole last one (MQTT 3.1.1, 4.7.1)."""
+    levels = topic.split("/")
+    return bool(topic) and all(
+        ("+" not in level or level == "+") and ("#" not in level or (level == "#" and i == len(levels) - 1))
+        for i, level in enumerate(levels)
+    )
 
 
 def _refuse_unknown(mapping: dict, known, prefix: str, where: str) -> None:

@@ -104,27 +104,43 @@ def parse_measure(body, *, _batch: _Batch | None = None) -> Measure:
     return Measure(rules.name, value, start_date, created_by, group1, group2, group3, measure_id)
 
 
-def validate_measures(items) -> list[Measure]:
+class Reject(NamedTuple):
+    """An invalid item of a batch: its index and what is wrong with it."""
+
+    index: int
+    error: str
+
+
+def validate_batch(items: list, *, org: str | None = None) -> tuple[list[Measure], list[Reject]]:
+    """Validate each item on its own: the valid ones as Measures, in order, and one
+    Reject per invalid one. The one validator of every path that takes several measures.
+
+    `org` is the writer's org (a token's, or an MQTT subscription's); None when the
+    caller has none. Reads definitions (cached); writes nothing.
+    """
+    batch = _Batch()
+    measures, rejects = [], []
+    for index, item in enumerate(items):
+        try:
+            measures.append(parse_measure(item, _batch=batch))
+        except BadRequest as exc:
+            rejects.append(Reject(index, exc.message))
+    return measures, rejects
+
+
+def validate_measures(items, *, org: str | None = None) -> list[Measure]:
     """Validate a bulk body: all items or none; BadRequest lists up to 100 faulty indexes."""
     if type(items) is not list:
         raise BadRequest("body: expected a JSON array of measures")
     if len(items) > MAX_BATCH:
         raise BadRequest(f"body: at most {MAX_BATCH} measures per request, got {len(items)}")
-    batch = _Batch()
-    measures, errors, error_count = [], [], 0
-    for index, item in enumerate(items):
-        try:
-            measures.append(parse_measure(item, _batch=batch))
-        except BadRequest as exc:
-            error_count += 1
-            if len(errors) < MAX_ERRORS_LISTED:
-                errors.append({"index": index, "error": exc.message})
-    if error_count:
-        first = errors[0]
+    measures, rejects = validate_batch(items, org=org)
+    if rejects:
+        first = rejects[0]
         raise BadRequest(
-            f"{error_count} invalid measure(s), nothing stored;"
-            f" first at index {first['index']}: {first['error']}",
-            details=errors,
+            f"{len(rejects)} invalid measure(s), nothing stored;"
+            f" first at index {first.index}: {first.error}",
+            details=[{"index": r.index, "error": r.error} for r in rejects[:MAX_ERRORS_LISTED]],
         )
     return measures
 

@@ -219,3 +219,62 @@ def test_aggregate_cache_seconds_is_read_and_bounded(tmp_path):
     path.write_text("dacc: {aggregate_cache_seconds: 61}")
     with pytest.raises(ConfigError, match="dacc.aggregate_cache_seconds"):
         load_config({}, tmp_path)
+
+
+MQTT = """
+mqtt:
+  host: broker.example
+  port: 8883
+  username: dacc
+  password: from-file
+  tls: {ca_certs: /etc/ssl/ca.pem}
+  subscriptions:
+    - {topic: "dacc/measures/#", org: energy}
+    - {topic: "sensors/+/measures", org: sensors}
+  batch_max_size: 200
+  save_interval_ms: 250
+  rejected_topic: dacc/rejected
+"""
+
+
+def test_mqtt_section_is_read_with_defaults_for_the_rest(tmp_path):
+    (tmp_path / "config.yml").write_text(MQTT)
+    mqtt = load_config({}, tmp_path).mqtt
+    assert (mqtt.host, mqtt.port, mqtt.username, mqtt.password) == ("broker.example", 8883, "dacc", "from-file")
+    assert mqtt.tls and mqtt.tls_ca_certs == "/etc/ssl/ca.pem"
+    assert [(s.topic, s.org) for s in mqtt.subscriptions] == [("dacc/measures/#", "energy"),
+                                                             ("sensors/+/measures", "sensors")]
+    assert (mqtt.batch_max_size, mqtt.save_interval_ms, mqtt.rejected_topic) == (200, 250, "dacc/rejected")
+    assert (mqtt.qos, mqtt.client_id) == (1, "dacc-ingest")
+    assert "from-file" not in repr(mqtt)
+
+
+def test_mqtt_password_from_the_environment_wins(tmp_path):
+    (tmp_path / "config.yml").write_text(MQTT)
+    assert load_config({"DACC_MQTT_PASSWORD": "from-env"}, tmp_path).mqtt.password == "from-env"
+
+
+def test_no_mqtt_section_means_no_worker_config(tmp_path):
+    assert load_config({}, tmp_path).mqtt is None
+
+
+@pytest.mark.parametrize(
+    "section, fault",
+    [
+        ("{subscriptions: [{topic: a, org: o}], hots: x}", "unknown key 'mqtt.hots'"),
+        ("{host: x}", "'mqtt.subscriptions' must be a list"),
+        ("{subscriptions: [{topic: 'a/#/b', org: o}]}", "'mqtt.subscriptions[0].topic' must be an MQTT topic filter"),
+        ("{subscriptions: [{topic: 'a+', org: o}]}", "'mqtt.subscriptions[0].topic' must be an MQTT topic filter"),
+        ("{subscriptions: [{topic: a}]}", "'mqtt.subscriptions[0].org' must be a non-empty string"),
+        ("{subscriptions: [{topic: a, org: o, qos: 1}]}", "unknown key 'mqtt.subscriptions[0].qos'"),
+        ("{subscriptions: [{topic: a, org: o}], qos: 0}", "'mqtt.qos' must be 1"),
+        ("{subscriptions: [{topic: a, org: o}], qos: 2}", "'mqtt.qos' must be 1"),
+        ("{subscriptions: [{topic: a, org: o}], batch_max_size: 0}", "'mqtt.batch_max_size' must be an integer"),
+        ("{subscriptions: [{topic: a, org: o}], tls: {cafile: x}}", "unknown key 'mqtt.tls.cafile'"),
+        ("{subscriptions: [{topic: a, org: o}], rejected_topic: 'r/#'}", "'mqtt.rejected_topic' must be a topic"),
+    ],
+)
+def test_bad_mqtt_section_names_the_key(tmp_path, section, fault):
+    (tmp_path / "config.yml").write_text(f"mqtt: {section}\n")
+    with pytest.raises(ConfigError, match=r"config\.yml: " + fault.replace("[", r"\[").replace("]", r"\]").replace("+", r"\+")):
+        load_config({}, tmp_path)

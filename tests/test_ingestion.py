@@ -16,6 +16,7 @@ from dacc.ingestion import (
     record_measure,
     record_measures,
     store_measures,
+    validate_batch,
     validate_measures,
 )
 from dacc.models import MeasureKey, RawMeasure
@@ -334,3 +335,21 @@ def test_store_measures_takes_parsed_measures(definition):
     measure = Measure("m", Decimal("1.00"), datetime(2022, 1, 1), "app", {"g1": "a"}, None, None, None)
     assert store_measures([measure, measure]).inserted == 2
     assert count(RawMeasure) == 2
+
+
+def test_validate_batch_returns_the_valid_measures_and_each_reject(definition):
+    items = [body(value=1), body(value="x"), "not an object", body(value=4)]
+    measures, rejects = validate_batch(items, org="org")
+    assert [m.value for m in measures] == [Decimal(1), Decimal(4)]
+    assert [(r.index, r.error) for r in rejects] == [
+        (1, 'value: expected a finite number, got "x"'),
+        (2, "body: expected a JSON object"),
+    ]
+    assert count(RawMeasure) == 0
+
+
+def test_bulk_reports_the_batch_validator_rejects(definition):
+    with pytest.raises(BadRequest) as caught:
+        validate_measures([body(), body(createdBy="")])
+    assert caught.value.details == [{"index": 1, "error": caught.value.details[0]["error"]}]
+    assert caught.value.details[0]["error"].startswith("createdBy: expected a string")

@@ -2,6 +2,7 @@
 
 from dacc.models.aggregates import Aggregate, AggregationState
 from dacc.models.definitions import MeasureDefinition
+from dacc.models.messages import RejectedMessage
 from dacc.models.measures import MeasureKey, RawMeasure, RefusedRawMeasure
 from dacc.models.tokens import ApiToken
 
@@ -13,4 +14,5 @@ __all__ = [
     "MeasureKey",
     "RawMeasure",
     "RefusedRawMeasure",
+    "RejectedMessage",
 ]
