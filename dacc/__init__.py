@@ -13,6 +13,9 @@ from dacc.config import Config, ConfigError, load_config, redact_url
 
 log = logging.getLogger(__name__)
 
+__version__ = (Path(__file__).resolve().parent / "VERSION").read_text(encoding="utf-8").strip()
+"""DACC's version: dacc/VERSION is its one source (setup.cfg reads it too)."""
+
 MIGRATIONS_DIR = str(Path(__file__).resolve().parent.parent / "migrations")
 MAX_BODY_BYTES = 16 * 1024 * 1024
 """Largest body any endpoint accepts (bulk); /measure has its own, smaller limit."""

@@ -2,6 +2,7 @@
 
 from flask import Blueprint, jsonify
 
+from dacc import __version__
 from dacc.status import check_database
 
 bp = Blueprint("status", __name__)
@@ -11,5 +12,5 @@ bp = Blueprint("status", __name__)
 def status():
     db_status = check_database()
     ok = db_status["status"] == "ok"
-    body = {"db": db_status, "global_status": "ok" if ok else "ko"}
+    body = {"db": db_status, "global_status": "ok" if ok else "ko", "version": __version__}
     return jsonify(body), 200 if ok else 503

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import command
 from psycopg2 import sql
 
-from dacc import create_app
+from dacc import __version__, create_app
 from dacc.config import Config
 from dacc.db import db
 from dacc.embedded import create_database
@@ -21,7 +21,7 @@ from dacc.status import SCHEMA_BEHIND
 def test_status_ok(client):
     response = client.get("/status")
     assert response.status_code == 200
-    assert response.get_json() == {"db": {"status": "ok"}, "global_status": "ok"}
+    assert response.get_json() == {"db": {"status": "ok"}, "global_status": "ok", "version": __version__}
 
 
 def test_status_ko_within_5s_when_the_database_stops_and_ok_when_back(tmp_path):
