@@ -15,7 +15,6 @@ from flask import current_app
 from dacc.aggregation.compute import delete_aggregations_from_date
 from dacc.db import db
 from dacc.errors import BadRequest, DaccError, NotFound
-from dacc.filtered_view import refresh_filtered_view
 from dacc.models import (
     Aggregate,
     AggregationState,
@@ -103,6 +102,7 @@ FIELDS = {
     "maxDaysToUpdateQuartile": ("max_days_to_update_quartile", 100, _integer(0)),
     "wildcardGroups": ("wildcard_groups", [], None),  # checked with the group keys
     "rawRetentionDays": ("raw_retention_days", None, _integer(1, nullable=True)),
+    "publishDelayHours": ("publish_delay_hours", 0, _integer(0)),
 }
 COLUMNS = [column for column, _, _ in FIELDS.values() if column != "id"]
 
@@ -225,7 +225,7 @@ def upsert_definitions(rows: list[dict]) -> list[tuple[str, str]]:
     a new definition and must match an existing one's. Raises BadRequest (nothing
     written) when an id clashes or a change would leave stored data wrong (see
     _check_changes), Conflict when an aggregation run holds a measure to rebuild.
-    Commits, then refreshes filtered_aggregation when a threshold changed.
+    Commits, then republishes (audited) the measures whose publication rules changed.
     """
     names = [row["name"] for row in rows]
     existing = {
@@ -262,7 +262,9 @@ def upsert_definitions(rows: list[dict]) -> list[tuple[str, str]]:
         if outcome != "unchanged":
             log.info("definition %s %s", name, outcome)
     if view_changed:
-        _refresh_view()
+        from dacc.publication import publish_pending
+
+        publish_pending(names=view_changed, full=True)
     return results
 
 
@@ -276,23 +278,25 @@ FIXED_WITH_DATA = {
     "group3_key": "group3Key",
     "with_quartiles": "withQuartiles",
 }
-VIEW_COLUMNS = ("aggregation_threshold",)
-"""Columns that filtered_aggregation reads: changing one calls for a refresh."""
+VIEW_COLUMNS = ("aggregation_threshold", "publish_delay_hours")
+"""Columns the publication rules read: changing one calls for a full republication."""
 
 
-def _check_changes(rows: list[dict], existing: dict) -> tuple[dict[str, datetime], bool]:
+def _check_changes(rows: list[dict], existing: dict) -> tuple[dict[str, datetime], list[str]]:
     """Refuse changes that stored data forbids; nothing is written here.
 
     Returns the measures whose aggregates must be rebuilt (name → first cell start) and
-    whether the view needs a refresh. Raises one BadRequest listing every fault.
+    the measures to republish (a publication rule changed). Raises one BadRequest
+    listing every fault.
     """
-    errors, rebuilds, view_changed = [], {}, False
+    errors, rebuilds, view_changed = [], {}, []
     for index, row in enumerate(rows):
         current = existing.get(row["name"])
         if current is None:
             continue
         changed = {c for c in COLUMNS if getattr(current, c) != row[c]}
-        view_changed = view_changed or bool(changed & set(VIEW_COLUMNS))
+        if changed & set(VIEW_COLUMNS):
+            view_changed.append(row["name"])
         if not changed & (set(FIXED_WITH_DATA) | {"created_by", "wildcard_groups"}):
             continue
         data = _stored_data(row["name"], row["created_by"])
@@ -353,14 +357,6 @@ def _schedule_rebuilds(changed: list[MeasureDefinition], first_cells: dict[str, 
     """
     for definition in changed:
         delete_aggregations_from_date(definition, first_cells[definition.name].date())
-
-
-def _refresh_view() -> None:
-    try:
-        refresh_filtered_view()
-    except NotFound:
-        # No view yet: create-filtered-aggregation will build it from the new thresholds.
-        log.info("definitions saved; filtered_aggregation not refreshed: it does not exist")
 
 
 def _flush() -> None:

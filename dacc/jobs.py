@@ -13,7 +13,7 @@ from dacc import purge
 from dacc.aggregation import compute
 from dacc.db import db
 from dacc.errors import Conflict, error_message
-from dacc.filtered_view import refresh_filtered_view
+from dacc import publication
 from dacc.models import MeasureDefinition
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ class StepResult:
     """One line of the run's summary: a step, for one measure or for all."""
 
     step: str
-    """"aggregate", "refresh view" or "purge"."""
+    """"aggregate", "publish" or "purge"."""
     measure_name: str | None
     status: str
     """ok, skipped (nothing to do, or another run holds the measure), refused (a purge
@@ -49,8 +49,9 @@ def run_jobs(*, on_step: StepCallback | None = None) -> list[StepResult]:
     """Run every periodic job, in order, and return one result per step and measure.
 
     1. the aggregation of every measure whose execution frequency has elapsed (which
-       keeps its declared wildcard levels too), 2. the refresh of filtered_aggregation,
-    3. the retention purge (each definition's rawRetentionDays, else 90 days).
+       keeps its declared wildcard levels too, and publishes what it changed),
+    2. the publication of what became pending without new data (periods that
+    closed), 3. the retention purge (each definition's rawRetentionDays, else 90 days).
     A step that fails is recorded and the next ones still run. The whole run holds a
     session-level advisory lock: raises Conflict, having done nothing, while another
     run holds it. Each step commits its own work. `on_step` sees each result as it ends.
@@ -72,7 +73,7 @@ def run_jobs(*, on_step: StepCallback | None = None) -> list[StepResult]:
             log.info("jobs run started")
             for name in _measure_names():
                 record(_aggregate(name))
-            record(_refresh_view())
+            record(_publish())
             for result in _purge():
                 record(result)
         finally:
@@ -94,8 +95,7 @@ def _measure_names() -> list[str]:
 def _aggregate(name: str) -> StepResult:
     started = time.monotonic()
     try:
-        # The view is refreshed once, by the next step, not after each measure.
-        result = compute.compute_aggregation(name, refresh_view=False)
+        result = compute.compute_aggregation(name)
     except Exception as exc:  # a failed step must not stop the next ones
         return _failure("aggregate", name, exc, started)
     if result.skipped:
@@ -103,18 +103,22 @@ def _aggregate(name: str) -> StepResult:
     detail = (
         f"{result.raw_read} raw read, {result.inserted} inserted, {result.updated} updated"
         + (f", {result.refused} refused (quartiles after purge)" if result.refused else "")
+        + f"; {result.published} published, {result.withheld} withheld"
     )
     return StepResult("aggregate", name, OK, detail, result.seconds)
 
 
-def _refresh_view() -> StepResult:
+def _publish() -> StepResult:
     started = time.monotonic()
     try:
-        refresh_filtered_view()
+        results = publication.publish_pending()
     except Exception as exc:
-        return _failure("refresh view", None, exc, started)
-    return StepResult("refresh view", None, OK, "filtered_aggregation refreshed",
-                      time.monotonic() - started)
+        return _failure("publish", None, exc, started)
+    detail = (
+        f"{sum(r.published for r in results)} published, {sum(r.withheld for r in results)}"
+        f" withheld over {sum(r.hierarchies for r in results)} day(s)/app(s)"
+    )
+    return StepResult("publish", None, OK, detail, time.monotonic() - started)
 
 
 def _purge() -> list[StepResult]:

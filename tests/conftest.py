@@ -119,7 +119,6 @@ def _truncate_all() -> None:
     tables = [t.name for t in db.metadata.sorted_tables if t.name not in KEEP_TABLES]
     with db.engine.begin() as conn:
         conn.execute(sa.text("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE"))
-        conn.execute(sa.text("REFRESH MATERIALIZED VIEW filtered_aggregation"))
 
 
 def _with_database(url: str, name: str) -> str:

@@ -8,7 +8,7 @@ from datetime import datetime
 import sqlalchemy as sa
 
 from dacc.db import db
-from dacc.filtered_view import refresh_filtered_view
+from dacc.publication import publish_pending
 
 KEYS = ("a", "b", "c")
 DAY = datetime(2024, 3, 1)
@@ -21,7 +21,7 @@ def define(make_definition, name="m", *, groups=2, k=5, **columns):
 
 
 def put_aggregates(name: str, cells: dict, *, day: datetime = DAY, created_by: str = "app") -> None:
-    """Write aggregate rows and refresh the view; committed.
+    """Write aggregate rows and publish them; committed.
 
     cells: {(value of a, value of b, ...): count}; "*" makes a wildcard group. Every
     value of a row is 2, so that sum = 2 * count.
@@ -42,18 +42,20 @@ def put_aggregates(name: str, cells: dict, *, day: datetime = DAY, created_by: s
         {"name": name, "rows": json.dumps(rows)},
     )
     db.session.commit()
-    refresh_filtered_view()
+    publish_pending()
 
 
-def served(name: str = "m", *, created_by: str | None = None) -> dict:
+def served(name: str = "m", *, created_by: str | None = None, day: datetime | None = None) -> dict:
     """What the view holds for a measure: {(values of its groups): count}."""
     rows = db.session.execute(
         sa.text(
             "SELECT group1, group2, group3, count FROM filtered_aggregation"
             " WHERE measure_name = :name AND (CAST(:by AS text) IS NULL OR created_by = :by)"
+            " AND (CAST(:day AS timestamp) IS NULL OR start_date = :day)"
         ),
-        {"name": name, "by": created_by},
+        {"name": name, "by": created_by, "day": day},
     ).all()
+    db.session.commit()
     return {values(row[:3]): row[3] for row in rows}
 
 

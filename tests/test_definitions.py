@@ -47,7 +47,7 @@ def test_validation_fills_the_defaults(app):
         "group2_key": None, "group3_key": None, "description": None, "aggregation_period": "day",
         "execution_frequency": "day", "aggregation_threshold": 5, "access_app": False,
         "access_public": False, "with_quartiles": False, "max_days_to_update_quartile": 100,
-        "wildcard_groups": [], "raw_retention_days": None,
+        "wildcard_groups": [], "raw_retention_days": None, "publish_delay_hours": 0,
     }
 
 

@@ -43,7 +43,7 @@ def test_run_aggregates_then_refreshes_the_view_then_purges_by_retention(make_de
 
     assert _summary(results) == [
         ("aggregate", "m", "ok"),
-        ("refresh view", None, "ok"),
+        ("publish", None, "ok"),
         ("purge", "m", "ok"),
     ]
     assert results[0].detail.startswith("5 raw read, 1 inserted")
@@ -89,7 +89,7 @@ def test_a_failed_step_is_reported_and_the_others_still_run(make_definition):
     assert _summary(results) == [
         ("aggregate", "bad", "failed"),
         ("aggregate", "good", "ok"),
-        ("refresh view", None, "ok"),
+        ("publish", None, "ok"),
         ("purge", "bad", "refused"),
         ("purge", "good", "ok"),
     ]
@@ -99,23 +99,22 @@ def test_a_failed_step_is_reported_and_the_others_still_run(make_definition):
     assert _cell_counts("good") == [("a", 1)]
 
 
-def test_a_missing_view_fails_its_step_only(make_definition):
-    from dacc.filtered_view import create_filtered_view, delete_filtered_view
+def test_a_failed_publication_fails_its_step_only(make_definition, monkeypatch):
+    from dacc import publication
+
+    def broken(**kwargs):
+        raise RuntimeError("publication broke")
 
     make_definition("m")
     insert_raw("m", age_seconds=100 * DAY)
-    delete_filtered_view()
-    try:
-        results = run_jobs()
-    finally:
-        create_filtered_view()
-
+    monkeypatch.setattr(publication, "publish_pending", broken)
+    results = run_jobs()
     assert _summary(results) == [
         ("aggregate", "m", "ok"),
-        ("refresh view", None, "failed"),
+        ("publish", None, "failed"),
         ("purge", "m", "ok"),
     ]
-    assert "does not exist" in results[1].detail
+    assert results[1].detail == "RuntimeError"
     assert raw_count("m") == 0
 
 

@@ -13,11 +13,17 @@ def test_models_and_migrations_agree(app):
     assert diff == []
 
 
-def test_filtered_view_exists_with_a_unique_index(app):
-    rows = db.session.execute(
-        sa.text("SELECT indexdef FROM pg_indexes WHERE tablename = 'filtered_aggregation'")
-    ).scalars().all()
-    assert any("UNIQUE" in row for row in rows)
+def test_filtered_view_is_the_ledger_view_of_the_code(app):
+    """Migration 0003 embeds a copy of the view's text: it must match the code's."""
+    from dacc.publication.sql import FILTERED_AGGREGATION_VIEW
+
+    with db.engine.begin() as conn:
+        conn.execute(sa.text("CREATE TEMP VIEW code_view AS " + FILTERED_AGGREGATION_VIEW))
+        live, code = conn.execute(sa.text(
+            "SELECT pg_get_viewdef('filtered_aggregation'::regclass), pg_get_viewdef('code_view'::regclass)"
+        )).one()
+        kind = conn.execute(sa.text("SELECT relkind FROM pg_class WHERE relname = 'filtered_aggregation'")).scalar()
+    assert (kind, live) == ("v", code)
 
 
 def test_downgrade_to_base_then_upgrade_again(tmp_path):

@@ -16,6 +16,8 @@ from dacc.aggregation import sql
 from dacc.db import db
 from dacc.errors import BadRequest, Conflict, DaccError, NotFound, error_message
 from dacc.models import MeasureDefinition
+from dacc.publication import publish_measure
+from dacc.restitution import forget_cached_reads
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +40,14 @@ class AggregationResult:
     """Aggregate rows merged into, all levels."""
     refused: int = 0
     """New raw measures moved to refused_raw_measure (quartiles after purge)."""
+    published: int = 0
+    """Rows served as new versions by the run's publication (same transaction)."""
+    withheld: int = 0
+    """Rows of k or more contributions the publication withheld (see dacc.publication)."""
     seconds: float = 0.0
     skipped: str | None = None
     """Why nothing ran: frequency not elapsed, or another run holds the measure."""
     error: str | None = None
-    view_error: str | None = None
-    """Why filtered_aggregation was not refreshed after the commit (the run itself stands)."""
 
     @property
     def ok(self) -> bool:
@@ -57,8 +61,8 @@ class WildcardResult:
     per_start_date: dict[datetime, int]
     """Aggregates written per cell start date, in date order."""
     seconds: float = 0.0
-    view_error: str | None = None
-    """Why filtered_aggregation was not refreshed after the commit."""
+    published: int = 0
+    withheld: int = 0
 
     @property
     def count(self) -> int:
@@ -67,11 +71,9 @@ class WildcardResult:
 
 @dataclasses.dataclass
 class AllAggregationsResult:
-    """What compute_all_aggregations did: one result per measure, then the view refresh."""
+    """What compute_all_aggregations did: one result per measure."""
 
     results: list[AggregationResult]
-    view_error: str | None = None
-    """Why filtered_aggregation was not refreshed (every measure's work stands)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,22 +94,18 @@ class _StalePlan(Exception):
     """The definition changed between reading it and winning the measure's lock."""
 
 
-def compute_aggregation(
-    definition: MeasureDefinition | str, *, force: bool = False, refresh_view: bool = True
-) -> AggregationResult:
-    """Merge the raw measures of `definition` that arrived since its previous run.
+def compute_aggregation(definition: MeasureDefinition | str, *, force: bool = False) -> AggregationResult:
+    """Merge the raw measures of `definition` that arrived since its previous run, and
+    publish what that changed.
 
     One REPEATABLE READ transaction under the measure's advisory lock: merges every
-    level (plain cells and declared wildcard levels), records the snapshot it read, and
-    commits; a failure or a kill at any point leaves nothing. Skips (result.skipped)
-    when another run holds the measure, or, unless `force`, when its execution
-    frequency has not elapsed since the last run. Refreshes filtered_aggregation after
-    the commit unless `refresh_view` is false; a refresh that fails (view missing,
-    database error) is reported in result.view_error, not raised, since the run is
-    committed. Raises NotFound for an unknown name, BadRequest for a malformed
-    wildcard level.
+    level (plain cells and declared wildcard levels), records the snapshot it read,
+    publishes (dacc.publication) and commits; a failure or a kill at any point leaves
+    nothing. Skips (result.skipped) when another run holds the measure, or, unless
+    `force`, when its execution frequency has not elapsed since the last run. Raises
+    NotFound for an unknown name, BadRequest for a malformed wildcard level.
     """
-    plan = _plan(get_definition(definition))
+    plan = _read_plan(definition)
     started = time.monotonic()
     for attempt in range(1, RETRIES + 1):
         try:
@@ -119,7 +117,7 @@ def compute_aggregation(
             if attempt == RETRIES:
                 raise Conflict(f"measure {plan.name}: its definition keeps changing; run again")
             db.session.expire_all()
-            plan = _plan(get_definition(plan.name))
+            plan = _read_plan(plan.name)
         except DBAPIError as exc:
             if not isinstance(exc.orig, pg_errors.SerializationFailure) or attempt == RETRIES:
                 raise
@@ -138,28 +136,27 @@ def compute_aggregation(
         plan.name, result.raw_read, result.inserted, result.updated, result.refused,
         result.seconds,
     )
-    if refresh_view:
-        result.view_error = _refresh_view()
+    forget_cached_reads()
     return result
 
 
 def compute_all_aggregations(*, force: bool = False) -> AllAggregationsResult:
-    """Run compute_aggregation for every definition, in name order, then refresh the view once.
+    """Run compute_aggregation for every definition, in name order.
 
     Measures are independent: an error on one is recorded in its result (`error`) and
-    the others still run. A failed refresh is recorded in `view_error`. Commits per
-    measure.
+    the others still run. Commits per measure.
     """
     names = db.session.scalars(sa.select(MeasureDefinition.name).order_by(MeasureDefinition.name)).all()
+    db.session.commit()
     results = []
     for name in names:
         try:
-            results.append(compute_aggregation(name, force=force, refresh_view=False))
+            results.append(compute_aggregation(name, force=force))
         except (DaccError, SQLAlchemyError) as exc:
             db.session.rollback()
             log.exception("aggregation %s failed", name)
             results.append(AggregationResult(name, error=error_message(exc)))
-    return AllAggregationsResult(results, view_error=_refresh_view())
+    return AllAggregationsResult(results)
 
 
 def delete_aggregations_from_date(
@@ -172,7 +169,8 @@ def delete_aggregations_from_date(
     by a purge cannot be rebuilt (its purged raw measures are gone for good, and so
     would be its stamp): unless `allow_purged_loss`, raises Conflict when any deleted
     cell carries one, and deletes nothing. Raises Conflict while a run holds the
-    measure. Commits, then refreshes the view.
+    measure. What was served stays served (the ledger keeps it): rebuilt rows are
+    published by the next run, audited against it. Commits.
     """
     plan = _plan(get_definition(definition))
     params = {"name": plan.name, "period": plan.period, "date": day}
@@ -193,7 +191,6 @@ def delete_aggregations_from_date(
                     " that data is lost", plan.name, purged, params["aligned"])
     log.info("aggregation %s: %d aggregates deleted from %s, to be rebuilt",
              plan.name, deleted, params["aligned"])
-    _refresh_view()
     return params["aligned"], deleted
 
 
@@ -236,9 +233,10 @@ def compute_wildcard_aggregate(
     `allow_purged_loss`, raises Conflict (nothing changed) when a row of the level was
     stamped by a purge: its purged measures cannot be recomputed. Raises Conflict
     while a run holds the measure, BadRequest for an unknown group, NotFound for an
-    unknown measure. Commits.
+    unknown measure. Publishes the level's rows that pass every rule (a windowed level
+    covering only part of the cells under a row is never served). Commits.
     """
-    plan = _plan(get_definition(definition))
+    plan = _read_plan(definition)
     starred = _wildcard_level(plan, groups, where="groups")
     if starred in plan.levels:
         raise BadRequest(
@@ -277,13 +275,17 @@ def compute_wildcard_aggregate(
             dates = conn.execute(
                 sa.text(sql.wildcard(starred, quartiles=plan.quartiles)), params
             ).scalars().all()
+            published = publish_measure(conn, plan.name)
     per_date: dict[datetime, int] = {}
     for start in sorted(dates):
         per_date[start] = per_date.get(start, 0) + 1
-    result = WildcardResult(plan.name, sorted(starred), per_date, time.monotonic() - started)
+    result = WildcardResult(
+        plan.name, sorted(starred), per_date, time.monotonic() - started,
+        published=published.published, withheld=published.withheld,
+    )
     log.info("wildcard %s %s: %d earlier rows deleted, %d aggregates",
              plan.name, level, deleted, result.count)
-    result.view_error = _refresh_view()
+    forget_cached_reads()
     return result
 
 
@@ -365,6 +367,16 @@ def _merge(conn, plan: _Plan, result: AggregationResult, *, force: bool) -> None
         result.inserted += row.inserted
         result.updated += row.updated
     conn.execute(sa.text(sql.SAVE_STATE), params)
+    published = publish_measure(conn, plan.name)
+    result.published, result.withheld = published.published, published.withheld
+
+
+def _read_plan(definition: MeasureDefinition | str) -> _Plan:
+    """The plan of a definition; ends the session's read transaction, so that it does
+    not stay idle in transaction while the run works on a connection of its own."""
+    plan = _plan(get_definition(definition))
+    db.session.commit()
+    return plan
 
 
 def _plan(definition: MeasureDefinition) -> _Plan:
@@ -413,20 +425,3 @@ def get_definition(definition: MeasureDefinition | str) -> MeasureDefinition:
     if found is None:
         raise NotFound(f"measure '{definition}': no such definition")
     return found
-
-
-def _refresh_view() -> str | None:
-    """Refresh filtered_aggregation after committed work; why it failed, else None.
-
-    Never raises: the aggregates are committed by then, and a caller must be able to
-    report them as well as the failed refresh.
-    """
-    from dacc.filtered_view import refresh_filtered_view
-
-    try:
-        refresh_filtered_view()
-    except (NotFound, SQLAlchemyError) as exc:
-        message = error_message(exc)
-        log.warning("aggregates saved, but the view was not refreshed: %s", message)
-        return message
-    return None

@@ -4,9 +4,9 @@ from flask import Flask
 
 
 def register_commands(app: Flask) -> None:
-    from dacc.cli import aggregation, definitions, ingest, jobs, purge, token, view
+    from dacc.cli import aggregation, definitions, ingest, jobs, privacy, purge, token, view
 
-    for module in (token, definitions, aggregation, view, purge, jobs, ingest):
+    for module in (token, definitions, aggregation, view, purge, jobs, ingest, privacy):
         for command in module.COMMANDS:
             app.cli.add_command(command)
 

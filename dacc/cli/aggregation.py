@@ -5,7 +5,6 @@ import time
 
 import click
 
-from dacc import filtered_view
 from dacc.aggregation import compute
 from dacc.cli.errors import cli_errors
 
@@ -19,7 +18,6 @@ def compute_aggregation_command(name, force):
     result = compute.compute_aggregation(name, force=force)
     _echo(result)
     _summary([result], result.seconds)
-    _check_view(result.view_error)
 
 
 @click.command("compute-all-aggregations")
@@ -34,10 +32,7 @@ def compute_all_aggregations_command(force):
     _summary(run.results, time.monotonic() - started)
     failed = [r.measure_name for r in run.results if not r.ok]
     if failed:
-        if run.view_error:
-            click.echo(_view_message(run.view_error), err=True)
         raise click.ClickException(f"aggregation failed for: {', '.join(failed)}")
-    _check_view(run.view_error)
 
 
 @click.command("compute-wildcard-aggregate")
@@ -67,9 +62,8 @@ def compute_wildcard_aggregate_command(name, groups, from_date, to_date, allow_p
         click.echo(f"{start:%Y-%m-%d}: {count} wildcard aggregate(s)")
     click.echo(
         f"{result.count} wildcard aggregate(s) computed for {name} ({','.join(result.groups)})"
-        f" in {result.seconds:.2f} s"
+        f" in {result.seconds:.2f} s; {result.published} published, {result.withheld} withheld"
     )
-    _check_view(result.view_error)
 
 
 @click.command("delete-aggregations-from-date")
@@ -108,16 +102,6 @@ def delete_aggregations_from_date_command(name, date, yes, allow_purged_loss):
     )
 
 
-def _view_message(error: str) -> str:
-    return f"aggregates saved, but {filtered_view.VIEW} was not refreshed: {error}"
-
-
-def _check_view(error: str | None) -> None:
-    """Exit 1 when the view was not refreshed: /aggregate still serves the old data."""
-    if error:
-        raise click.ClickException(_view_message(error))
-
-
 def _echo(result: compute.AggregationResult) -> None:
     if result.error:
         click.echo(f"{result.measure_name}: failed: {result.error}", err=True)
@@ -129,6 +113,7 @@ def _echo(result: compute.AggregationResult) -> None:
             f" {result.inserted} aggregates inserted, {result.updated} updated,"
             f" {result.refused} refused, {result.seconds:.2f} s"
         )
+        click.echo(f"{result.measure_name}: {result.published} row(s) published, {result.withheld} withheld")
         if result.refused:
             click.echo(
                 f"{result.measure_name}: {result.refused} raw measure(s) moved to"

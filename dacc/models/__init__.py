@@ -4,6 +4,13 @@ from dacc.models.aggregates import Aggregate, AggregationState
 from dacc.models.definitions import MeasureDefinition
 from dacc.models.messages import RejectedMessage
 from dacc.models.measures import MeasureKey, RawMeasure, RefusedRawMeasure
+from dacc.models.publication import (
+    PublicationLeaf,
+    PublicationPiece,
+    PublicationState,
+    PublishedCell,
+    PublishedVersion,
+)
 from dacc.models.tokens import ApiToken
 
 __all__ = [
@@ -12,6 +19,11 @@ __all__ = [
     "ApiToken",
     "MeasureDefinition",
     "MeasureKey",
+    "PublicationLeaf",
+    "PublicationPiece",
+    "PublicationState",
+    "PublishedCell",
+    "PublishedVersion",
     "RawMeasure",
     "RefusedRawMeasure",
     "RejectedMessage",

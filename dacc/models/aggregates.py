@@ -33,6 +33,8 @@ class Aggregate(db.Model):
             unique=True,
             postgresql_nulls_not_distinct=True,
         ),
+        # Publication finds the cells a run touched since the previous publication.
+        sa.Index("ix_aggregate_name_last_updated", "measure_name", "last_updated"),
     )
 
     id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)

@@ -25,6 +25,7 @@ class MeasureDefinition(db.Model):
         sa.CheckConstraint("aggregation_threshold >= 1", name="aggregation_threshold"),
         sa.CheckConstraint("max_days_to_update_quartile >= 0", name="max_days_quartile"),
         sa.CheckConstraint("raw_retention_days IS NULL OR raw_retention_days >= 1", name="retention"),
+        sa.CheckConstraint("publish_delay_hours >= 0", name="publish_delay"),
         # Group keys are positional: group2 needs group1, group3 needs group2.
         sa.CheckConstraint(
             "(group2_key IS NULL OR group1_key IS NOT NULL)"
@@ -51,6 +52,8 @@ class MeasureDefinition(db.Model):
     wildcard_groups: Mapped[list] = mapped_column(JSONB, server_default=sa.text("'[]'::jsonb"))
     """Declared wildcard levels, e.g. [["group2"], ["group1", "group2"]]."""
     raw_retention_days: Mapped[int | None] = mapped_column(sa.Integer)
+    publish_delay_hours: Mapped[int] = mapped_column(sa.Integer, server_default="0")
+    """A cell is first published once its period has ended plus this delay."""
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=sa.func.now())
     updated_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=sa.func.now())
 

@@ -34,7 +34,7 @@ app = create_app(Config(database_url=sys.argv[1], logging_enable=False, source="
 stop = pathlib.Path(sys.argv[2])
 with app.app_context():
     while not stop.exists():
-        result = compute_aggregation("load", force=True, refresh_view=False)
+        result = compute_aggregation("load", force=True)
         print(result.raw_read, flush=True)
         time.sleep(0.5)  # pace: leave CPU to the server on this small machine
 """

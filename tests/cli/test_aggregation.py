@@ -7,7 +7,6 @@ from decimal import Decimal
 import pytest
 import sqlalchemy as sa
 
-from dacc import filtered_view
 from dacc.db import db
 from tests.aggregation.helpers import aggregate_cells, insert_raw
 
@@ -190,46 +189,23 @@ def test_delete_aggregations_from_date_allowing_purged_loss_warns_then_deletes(r
     assert _totals() == [(1, Decimal("10.00"), False)]
 
 
-@pytest.fixture
-def view_back(app):
-    """Whatever a test does to the view, the next test finds it in place."""
-    yield
-    filtered_view.recreate_filtered_view()
+def test_compute_aggregation_publishes_in_its_own_transaction(runner, make_definition, monkeypatch):
+    """A publication that fails rolls the merge back: nothing half-done, a rerun works."""
+    from dacc.publication import publisher
 
-
-def test_compute_aggregation_without_the_view_saves_the_run_but_exits_1(runner, make_definition, view_back):
     make_definition("m")
     insert_raw("m", _rows(3))
-    filtered_view.delete_filtered_view()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("publication broke")
+
+    monkeypatch.setattr(publisher, "decide", broken)
+    with pytest.raises(RuntimeError):
+        runner.invoke(args=["compute-aggregation", "m"], catch_exceptions=False)
+    assert _counts("m") == []
+    monkeypatch.undo()
     result = runner.invoke(args=["compute-aggregation", "m"])
-    assert result.exit_code == 1
+    assert result.exit_code == 0, result.output
     assert "m: 3 raw measures read, 1 aggregates inserted" in result.output
-    assert "aggregates saved, but filtered_aggregation was not refreshed: filtered_aggregation does not exist" in result.output
+    assert "1 row(s) published, 0 withheld" in result.output
     assert _counts("m") == [3]
-
-
-def test_compute_wildcard_aggregate_without_the_view_exits_1(runner, make_definition, view_back):
-    make_definition("m", group2_key="g2")
-    insert_raw("m", _rows(2))
-    filtered_view.delete_filtered_view()
-    result = runner.invoke(args=["compute-wildcard-aggregate", "m", "group1"])
-    assert result.exit_code == 1
-    assert "1 wildcard aggregate(s) computed for m (group1)" in result.output
-    assert "filtered_aggregation was not refreshed" in result.output
-    assert _counts("m") == [2]
-
-
-def test_compute_all_aggregations_reports_every_measure_when_the_refresh_fails(runner, make_definition, view_back):
-    make_definition("a")
-    make_definition("b")
-    insert_raw("a", _rows(2))
-    insert_raw("b", _rows(3))
-    # Without its unique index the view cannot be refreshed CONCURRENTLY: a database error.
-    db.session.execute(sa.text("DROP INDEX uq_filtered_aggregation_id"))
-    db.session.commit()
-    result = runner.invoke(args=["compute-all-aggregations"])
-    assert result.exit_code == 1
-    assert "a: 2 raw measures read" in result.output and "b: 3 raw measures read" in result.output
-    assert "2 measure(s) aggregated, 0 skipped, 0 failed: 5 raw measures read" in result.output
-    assert "aggregates saved, but filtered_aggregation was not refreshed: cannot refresh materialized view" in result.output
-    assert (_counts("a"), _counts("b")) == ([2], [3])

@@ -3,7 +3,7 @@
 import pytest
 import sqlalchemy as sa
 
-from dacc import definitions, filtered_view, tokens
+from dacc import definitions, publication, tokens
 from dacc.db import db
 
 
@@ -19,8 +19,9 @@ def _division_by_zero(*args, **kwargs):
         (tokens, "create_token", ["token", "create", "org"]),
         (definitions, "list_definitions", ["definitions", "list"]),
         (definitions, "remove_definition", ["definitions", "remove", "m", "--yes"]),
-        (filtered_view, "refresh_filtered_view", ["view", "update-filtered-aggregation"]),
-        (filtered_view, "create_filtered_view", ["view", "create-filtered-aggregation"]),
+        (publication, "publish_pending", ["view", "update-filtered-aggregation"]),
+        (publication, "create_view", ["view", "create-filtered-aggregation"]),
+        (publication, "check_privacy", ["privacy", "check"]),
     ],
 )
 def test_a_database_error_is_one_line_and_exit_1(runner, monkeypatch, module, function, args):

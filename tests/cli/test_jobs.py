@@ -17,7 +17,7 @@ def _table(output):
             break
         fields = line.split()
         if fields[0] == "refresh":
-            fields = ["refresh view", *fields[2:]]
+            fields = ["publish", *fields[2:]]
         rows.append(tuple(fields[:3]))
     return rows
 
@@ -31,7 +31,7 @@ def test_run_prints_a_summary_and_exits_0(runner, make_definition):
     assert result.exit_code == 0, result.output
     assert _table(result.output) == [
         ("aggregate", "m", "ok"),
-        ("refresh view", "-", "ok"),
+        ("publish", "-", "ok"),
         ("purge", "m", "ok"),
     ]
     assert "3 step(s) in " in result.output and "0 failed, 0 skipped, 0 refused" in result.output
@@ -50,7 +50,7 @@ def test_run_with_a_failed_step_exits_1_after_running_the_others(runner, make_de
     assert _table(result.output) == [
         ("aggregate", "bad", "failed"),
         ("aggregate", "good", "ok"),
-        ("refresh view", "-", "ok"),
+        ("publish", "-", "ok"),
         ("purge", "bad", "ok"),
         ("purge", "good", "ok"),
     ]

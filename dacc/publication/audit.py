@@ -1,0 +1,214 @@
+"""The cumulative audit: can served rows be combined into the total of a small set?
+
+Within one hierarchy (measure, start date, createdBy) every served version of every row
+is a sum over *pieces*: the contributions one plain cell gained in one publication epoch.
+A version is thus a 0/1 vector over pieces, and whatever a reader can compute from all
+the versions ever served is a linear combination of those vectors. The audit holds when
+no combination equals the indicator of a set of pieces holding 1 to k-1 contributions
+(a set that was not itself served).
+
+A piece of k or more contributions can never be in such a set, so only the combinations
+that cancel every "big" piece matter. With the big pieces ordered first, the rows of the
+reduced row echelon form (RREF) whose pivot is a small piece span exactly those
+combinations (W). A 0/1 vector of W is fixed by its values at the pivots, which are its
+coefficients, so it is a sum of at most k-1 rows of W whose pivots hold fewer than k
+contributions together, and (being 0/1) a connected set of rows, sharing columns. The
+search enumerates those sets, within a budget; past the budget a candidate is refused,
+so the audit errs on the side of withholding.
+
+Arithmetic is exact modulo a prime below 2**25 (int64 products cannot overflow for
+ranks up to 4096); a rational RREF and its image modulo the prime agree unless the prime
+divides one of a few minors, which for such a prime is a chance of the order of 1e-7.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+PRIME = 33_554_393
+SEARCH_BUDGET = 20_000
+"""Sets of rows examined per question before the audit gives up (and withholds)."""
+MAX_RANK = 4096
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    """A set of pieces whose total the served rows give away."""
+
+    pieces: frozenset[int]
+    contributions: int
+
+
+class Audit:
+    """What the served versions of one hierarchy let a reader compute, kept incrementally."""
+
+    def __init__(self, counts, k: int, *, exempt=()):
+        counts = np.asarray(counts, dtype=np.int64)
+        self.k = k
+        n = len(counts)
+        # Big pieces first: an RREF row with a pivot among the small ones is zero on
+        # every big piece.
+        order = np.argsort(counts < k, kind="stable")
+        self.position = np.empty(n, dtype=np.int64)
+        self.position[order] = np.arange(n)
+        self.counts = counts[order]
+        self.n_big = int(np.sum(counts >= k))
+        self.known = np.zeros(n, dtype=bool)
+        """Big pieces served alone (or reduced to one): their totals are public."""
+        self.basis = np.zeros((0, n), dtype=np.int64)
+        self.pivots: list[int] = []
+        self.exempt = {frozenset(int(self.position[p]) for p in s) for s in exempt}
+        self.original = order
+
+    # --- building ---------------------------------------------------------------------
+
+    def add(self, vector) -> None:
+        """Record a served version (0/1 over pieces), whatever it discloses."""
+        self._insert(self._reduce(self._columns(vector)))
+
+    def try_add(self, vector) -> bool:
+        """Record the version only if no new small set becomes computable; say which."""
+        reduced = self._reduce(self._columns(vector))
+        nonzero = np.flatnonzero(reduced)
+        if len(nonzero) == 0:
+            return True  # nothing new: already computable from what was served
+        if nonzero[0] < self.n_big:
+            self._insert(reduced)  # a new big pivot leaves W as it was
+            return True
+        saved = (self.basis.copy(), list(self.pivots), self.known.copy())
+        j = int(nonzero[0])
+        changed = [i for i in range(len(self.pivots)) if self.basis[i, j] != 0]
+        row = self._insert(reduced)
+        if self._violation(roots=changed + [row], old=saved) is None:
+            return True
+        self.basis, self.pivots, self.known = saved
+        return False
+
+    def _columns(self, vector) -> np.ndarray:
+        v = np.zeros(len(self.counts), dtype=np.int64)
+        v[self.position[np.flatnonzero(np.asarray(vector))]] = 1
+        v[self.known] = 0
+        return v
+
+    def _reduce(self, v: np.ndarray) -> np.ndarray:
+        if self.pivots:
+            v = (v - (v[self.pivots] @ self.basis) % PRIME) % PRIME
+        return v
+
+    def _insert(self, reduced: np.ndarray) -> int | None:
+        nonzero = np.flatnonzero(reduced)
+        if len(nonzero) == 0:
+            return None
+        j = int(nonzero[0])
+        if len(nonzero) == 1 and j < self.n_big:
+            # A big piece alone: its total is known; drop its column from every row.
+            self.known[j] = True
+            if self.pivots:
+                self.basis[:, j] = 0
+            return None
+        if len(self.pivots) >= MAX_RANK:
+            raise OverflowError("audit: hierarchy too large for exact arithmetic")
+        row = reduced * pow(int(reduced[j]), PRIME - 2, PRIME) % PRIME
+        if self.pivots:
+            self.basis = (self.basis - np.outer(self.basis[:, j], row) % PRIME) % PRIME
+        self.basis = np.vstack([self.basis, row])
+        self.pivots.append(j)
+        return len(self.pivots) - 1
+
+    # --- searching ----------------------------------------------------------------------
+
+    def findings(self) -> list[Finding]:
+        """Every small set the served rows give away (within the search budget)."""
+        found: dict[frozenset, Finding] = {}
+        for row in self._w_rows():
+            for finding in self._search(row, minimum=row, stop_at_first=False):
+                found.setdefault(finding.pieces, finding)
+        return sorted(found.values(), key=lambda f: sorted(f.pieces))
+
+    def undecided(self) -> bool:
+        return getattr(self, "_exhausted", False)
+
+    def _w_rows(self) -> list[int]:
+        return [i for i, p in enumerate(self.pivots) if p >= self.n_big]
+
+    def _violation(self, *, roots: list[int], old) -> Finding | None:
+        """A small set computable now but not before the last insertion.
+
+        A new vector of W is a sum of rows of which at least one is new or was changed
+        by the insertion (the others span only what was there before); a sum that the
+        old basis `old` already spans is an old finding, not this candidate's.
+        """
+        basis, pivots, _ = old
+
+        def new(total: np.ndarray) -> bool:
+            if not pivots:
+                return True
+            return bool(((total - (total[pivots] @ basis) % PRIME) % PRIME).any())
+
+        for root in roots:
+            found = self._search(root, minimum=None, stop_at_first=True, accept=new)
+            if self._exhausted:
+                return Finding(frozenset(), 0)  # undecided: treated as a violation
+            if found:
+                return found[0]
+        return None
+
+    def _search(
+        self, root: int, *, minimum: int | None, stop_at_first: bool, accept=None
+    ) -> list[Finding]:
+        """Connected sets of W rows holding `root` whose sum is a small 0/1 vector."""
+        self._exhausted = False
+        w_rows = self._w_rows()
+        if root not in w_rows:
+            return []
+        small = slice(self.n_big, None)
+        rows = self.basis[w_rows][:, small]
+        index = {r: i for i, r in enumerate(w_rows)}
+        pivot_counts = self.counts[[self.pivots[r] for r in w_rows]]
+        support = rows != 0
+        adjacency = (support.astype(np.int32) @ support.T.astype(np.int32)) > 0
+        small_counts = self.counts[small]
+        limit = self.k - 1
+        start = index[root]
+        floor = index[minimum] if minimum is not None else -1
+        results: list[Finding] = []
+        seen = {frozenset([start])}
+        stack = [((start,), rows[start] % PRIME, int(pivot_counts[start]))]
+        examined = 0
+        while stack:
+            members, total, used = stack.pop()
+            examined += 1
+            if examined > SEARCH_BUDGET:
+                self._exhausted = True
+                break
+            if np.all((total == 0) | (total == 1)):
+                contributions = int(small_counts @ total)
+                if 1 <= contributions <= limit:
+                    pieces = frozenset(int(i) + self.n_big for i in np.flatnonzero(total))
+                    full = np.zeros(len(self.counts), dtype=np.int64)
+                    full[self.n_big:] = total
+                    if pieces not in self.exempt and (accept is None or accept(full)):
+                        results.append(Finding(self._original(pieces), contributions))
+                        if stop_at_first:
+                            return results
+            if len(members) >= limit:
+                continue
+            near = np.flatnonzero(adjacency[list(members)].any(axis=0))
+            for other in near:
+                other = int(other)
+                if other in members or other < floor:
+                    continue
+                spent = used + int(pivot_counts[other])
+                if spent > limit:
+                    continue
+                grown = frozenset(members) | {other}
+                if grown in seen:
+                    continue
+                seen.add(grown)
+                stack.append((members + (other,), (total + rows[other]) % PRIME, spent))
+        return results
+
+    def _original(self, pieces: frozenset[int]) -> frozenset[int]:
+        return frozenset(int(self.original[p]) for p in pieces)

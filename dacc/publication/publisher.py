@@ -1,0 +1,205 @@
+"""The publisher: decides, per hierarchy in scope, which rows are served as new versions.
+
+Rules, in order, for every row (plain or wildcard) of a hierarchy (measure, start date,
+createdBy) in scope:
+1. closed period: the hierarchy is in scope only once its period ended, plus the
+   definition's publishDelayHours;
+2. primary suppression: a row holds at least k contributions;
+3. versions change by k: a served row gets a new version only with k or more new
+   contributions since its served one (else the served version stays);
+4. modelled exactly: the row's count is the sum of the plain cells under it as the
+   ledger knows them (a rebuilt cell that lost purged contributions is frozen, a
+   windowed wildcard row covering part of its cells is never served);
+5. the cumulative audit (dacc.publication.audit): the new version, with everything ever
+   served in the hierarchy, must not let a reader compute the total of 1..k-1
+   contributions. Rows are tried in a fixed order (fewer stars first, served rows before
+   new ones, then by groups), so the secondary suppression this implies is deterministic.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections import defaultdict
+
+import numpy as np
+import sqlalchemy as sa
+
+from dacc.publication import sql
+from dacc.publication.audit import Audit
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class PublicationResult:
+    measure_name: str
+    hierarchies: int = 0
+    """Hierarchies (start date, createdBy) decided again."""
+    published: int = 0
+    """Rows served as a new version (first versions included)."""
+    withheld: int = 0
+    """Rows that reached k contributions but were withheld (rules 3 to 5)."""
+    epoch: int = 0
+    skipped: bool = False
+    """Another run held the measure: it publishes when it commits."""
+    seconds: float = 0.0
+
+
+@dataclasses.dataclass
+class Hierarchy:
+    """What the ledger and the aggregates hold of one (start date, createdBy)."""
+
+    leaves: list = dataclasses.field(default_factory=list)
+    pieces: list = dataclasses.field(default_factory=list)
+    versions: list = dataclasses.field(default_factory=list)
+    rows: list = dataclasses.field(default_factory=list)
+
+
+def publish_measure(conn, name: str, *, full: bool = False) -> PublicationResult:
+    """Publish what is pending for measure `name`, on `conn`, inside the caller's
+    transaction (the caller commits; a failure leaves nothing). `full` decides every
+    closed hierarchy again, not only those changed or closed since the last time."""
+    definition = conn.execute(sa.text(sql.DEFINITION), {"name": name}).one()
+    state = conn.execute(sa.text(sql.LOCK_STATE), {"name": name}).one_or_none()
+    if state is None:  # created by this statement's CTE: read it now
+        state = conn.execute(sa.text(sql.LOCK_STATE_AGAIN), {"name": name}).one()
+    params = {
+        "name": name,
+        "step": sql.STEPS[definition.period],
+        "delay": definition.delay,
+        "since": state.published_at,
+        "epoch": state.epoch + 1,
+    }
+    everything = full or state.published_at is None
+    scope = conn.execute(sa.text(sql.SCOPE_FULL if everything else sql.SCOPE_CHANGED), params).all()
+    result = PublicationResult(name, hierarchies=len(scope), epoch=params["epoch"])
+    if scope:
+        params["starts"] = [s.start_date for s in scope]
+        params["apps"] = [s.created_by for s in scope]
+        conn.execute(sa.text(sql.UPDATE_LEAVES), params)
+        chosen = []
+        for key, hierarchy in load_hierarchies(conn, params).items():
+            accepted, withheld = decide(hierarchy, definition.k, params["epoch"])
+            chosen += accepted
+            result.withheld += withheld
+        if chosen:
+            conn.execute(sa.text(sql.PUBLISH), {**params, "ids": chosen})
+        result.published = len(chosen)
+    conn.execute(sa.text(sql.SAVE_STATE), params)
+    log.debug(
+        "publication %s: %d hierarchies, %d published, %d withheld",
+        name, result.hierarchies, result.published, result.withheld,
+    )
+    return result
+
+
+def load_hierarchies(conn, params: dict, *, with_rows: bool = True) -> dict[tuple, Hierarchy]:
+    """The ledger's leaves, pieces and versions, and the aggregate rows, per hierarchy."""
+    found: dict[tuple, Hierarchy] = defaultdict(Hierarchy)
+    parts = [("leaves", sql.LEAVES), ("pieces", sql.PIECES), ("versions", sql.VERSIONS)]
+    if with_rows:
+        parts.append(("rows", sql.CANDIDATES))
+    for attribute, statement in parts:
+        for row in conn.execute(sa.text(statement), params):
+            getattr(found[(row.start_date, row.created_by)], attribute).append(row)
+    return found
+
+
+class Coverage:
+    """Which plain cells (leaves) each row covers, from the groups' JSON texts."""
+
+    def __init__(self, leaves):
+        self.codes: list[dict[str | None, int]] = [{}, {}, {}]
+        self.leaf_codes = np.array(
+            [[self._code(i, (leaf.g1, leaf.g2, leaf.g3)[i]) for i in range(3)] for leaf in leaves],
+            dtype=np.int64,
+        ).reshape(len(leaves), 3)
+        self.index = {(leaf.g1, leaf.g2, leaf.g3): n for n, leaf in enumerate(leaves)}
+
+    def _code(self, position: int, text: str | None) -> int:
+        return self.codes[position].setdefault(text, len(self.codes[position]))
+
+    def of(self, groups, stars) -> np.ndarray:
+        """Boolean vector over leaves: those under the row with these groups and stars."""
+        covered = np.ones(len(self.leaf_codes), dtype=bool)
+        for i in range(3):
+            if not stars[i]:
+                code = self.codes[i].get(groups[i], -2)
+                covered &= self.leaf_codes[:, i] == code
+        return covered
+
+
+def stars_of(groups) -> tuple[bool, bool, bool]:
+    return tuple(_is_star(text) for text in groups)
+
+
+def _is_star(text: str | None) -> bool:
+    if text is None:
+        return False
+    return "*" in json.loads(text).values()
+
+
+class PieceSpace:
+    """The pieces of a hierarchy, and each version's 0/1 vector over them."""
+
+    def __init__(self, hierarchy: Hierarchy):
+        self.coverage = Coverage(hierarchy.leaves)
+        self.leaf_counts = np.array([leaf.count for leaf in hierarchy.leaves], dtype=np.int64)
+        self.frozen = np.array([leaf.frozen for leaf in hierarchy.leaves], dtype=bool)
+        self.piece_leaf = np.array(
+            [self.coverage.index[(p.g1, p.g2, p.g3)] for p in hierarchy.pieces], dtype=np.int64
+        )
+        self.piece_epoch = np.array([p.epoch for p in hierarchy.pieces], dtype=np.int64)
+        self.piece_counts = np.array([p.count for p in hierarchy.pieces], dtype=np.int64)
+
+    def vector(self, groups, epoch: int) -> np.ndarray:
+        """The pieces a version of the row `groups` published at `epoch` covers."""
+        covered = self.coverage.of(groups, stars_of(groups))
+        if len(self.piece_leaf) == 0:
+            return np.zeros(0, dtype=bool)
+        return covered[self.piece_leaf] & (self.piece_epoch <= epoch)
+
+    def consistent(self, groups, count: int) -> bool:
+        """Rule 4: the row is the sum of its leaves as the ledger knows them."""
+        covered = self.coverage.of(groups, stars_of(groups))
+        return int(self.leaf_counts @ covered) == count and not (self.frozen & covered).any()
+
+
+def served_audit(space: PieceSpace, hierarchy: Hierarchy, k: int) -> Audit:
+    """An audit holding every version ever served in the hierarchy."""
+    vectors = [space.vector((v.g1, v.g2, v.g3), v.epoch) for v in hierarchy.versions]
+    # A served set of fewer than k contributions (served before k was raised) is no
+    # finding: it was already public.
+    exempt = [
+        np.flatnonzero(v) for v in vectors
+        if v.any() and int(space.piece_counts @ v) < k and (space.piece_counts[v] < k).all()
+    ]
+    audit = Audit(space.piece_counts, k, exempt=exempt)
+    for vector in vectors:
+        audit.add(vector)
+    return audit
+
+
+def decide(hierarchy: Hierarchy, k: int, epoch: int) -> tuple[list[int], int]:
+    """(aggregate ids to serve as new versions, rows withheld) for one hierarchy."""
+    space = PieceSpace(hierarchy)
+    audit = served_audit(space, hierarchy, k)
+    candidates = []
+    for row in hierarchy.rows:
+        if row.count < k:
+            continue
+        if row.served is not None and row.count < row.served + k:
+            continue  # rule 3 (also keeps a row that lost contributions as served)
+        groups = (row.g1, row.g2, row.g3)
+        stars = sum(stars_of(groups))
+        candidates.append((stars, row.served is None, [g or "" for g in groups], row.id, groups, row.count))
+    candidates.sort()
+    accepted, withheld = [], 0
+    for _, _, _, aggregate_id, groups, count in candidates:
+        if space.consistent(groups, count) and audit.try_add(space.vector(groups, epoch)):
+            accepted.append(aggregate_id)
+        else:
+            withheld += 1
+    return accepted, withheld

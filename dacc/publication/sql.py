@@ -1,0 +1,271 @@
+"""The publication statements: the ledger's reads and writes, all bound parameters.
+
+Every statement names one measure (`:name`), the leading key of every ledger table, and
+the hierarchies it works on as parallel arrays (`:starts`, `:apps`): no cross-measure
+join, and the cost follows the hierarchies in scope, not the measure's history.
+"""
+
+from __future__ import annotations
+
+STEPS = {"day": "1 day", "week": "1 week", "month": "1 month"}
+
+STAR_TEST = """@? '$.* ? (@ == "*")'"""
+"""jsonpath test on a group column: true when it holds {key: "*"} (a wildcard)."""
+PLAIN = " AND ".join(f"NOT coalesce(a.group{i} {STAR_TEST}, false)" for i in (1, 2, 3))
+"""SQL condition: aggregate `a` is a plain cell (no group starred)."""
+
+SERVED_ROW_JSON = """json_strip_nulls(json_build_object(
+    'measureName', a.measure_name,
+    'startDate', to_char(a.start_date, 'YYYY-MM-DD"T"HH24:MI:SS'),
+    'createdBy', a.created_by,
+    'group1', a.group1, 'group2', a.group2, 'group3', a.group3,
+    'count', a.count, 'countNotZero', a.count_not_zero,
+    'sum', round(a.sum, 2), 'min', a.min, 'max', a.max,
+    'avg', round(a.avg::numeric, 2), 'std', round(a.std::numeric, 2),
+    'median', round(a.median::numeric, 2),
+    'firstQuartile', round(a.first_quartile::numeric, 2),
+    'thirdQuartile', round(a.third_quartile::numeric, 2)
+))::text"""
+"""SQL of one served row of aggregate `a`, as /aggregate returns it: DACC's camelCase
+fields, numbers rounded to 2 decimals, null fields left out. The ledger stores it, so a
+read concatenates stored text (measured 1.4 ms for 600 rows, against 13 ms building the
+JSON at query time)."""
+
+SERVED_ORDER_KEY = """concat_ws(' ', a.group1, a.group2, a.group3, a.created_by) COLLATE "C\""""
+"""SQL of the order of rows within a start date: the groups' JSON text, bytewise."""
+
+DEFINITION = """
+SELECT aggregation_threshold AS k, aggregation_period AS period, publish_delay_hours AS delay
+FROM measure_definition WHERE name = :name
+"""
+
+# The measure's publication state, locked for this transaction (created at the first
+# publication). The row lock also serialises publications of one measure that do not
+# run under the aggregation lock (flask view ..., jobs).
+LOCK_STATE = """
+WITH created AS (
+    INSERT INTO publication_state (measure_name, epoch) VALUES (:name, 0)
+    ON CONFLICT (measure_name) DO NOTHING
+)
+SELECT epoch, published_at FROM publication_state WHERE measure_name = :name FOR UPDATE
+"""
+LOCK_STATE_AGAIN = "SELECT epoch, published_at FROM publication_state WHERE measure_name = :name FOR UPDATE"
+
+SAVE_STATE = """
+UPDATE publication_state SET epoch = :epoch, published_at = now() WHERE measure_name = :name
+"""
+
+CLOSED = """a.start_date + CAST(:step AS interval) + make_interval(hours => :delay)
+          <= (now() AT TIME ZONE 'UTC')"""
+"""A cell's period has ended, plus the definition's publishDelayHours."""
+
+# The hierarchies (start date, app) to decide again, all closed: with `full`, every one
+# of the measure; else those holding a cell that changed since the last publication
+# (ix_aggregate_name_last_updated) and those whose period closed since then (a range of
+# uq_aggregate_cell, widened by a day for month lengths, then the exact test).
+SCOPE_FULL = f"""
+SELECT DISTINCT a.start_date, a.created_by FROM aggregate a
+WHERE a.measure_name = :name AND {CLOSED}
+ORDER BY 1, 2
+"""
+SCOPE_CHANGED = f"""
+SELECT start_date, created_by FROM (
+    SELECT a.start_date, a.created_by FROM aggregate a
+    WHERE a.measure_name = :name AND a.last_updated > :since
+    UNION
+    SELECT a.start_date, a.created_by FROM aggregate a
+    WHERE a.measure_name = :name
+      AND a.start_date > (CAST(:since AS timestamptz) AT TIME ZONE 'UTC')
+                         - CAST(:step AS interval) - make_interval(hours => :delay)
+                         - interval '1 day'
+      AND a.start_date + CAST(:step AS interval) + make_interval(hours => :delay)
+          > (CAST(:since AS timestamptz) AT TIME ZONE 'UTC')
+) a
+WHERE {CLOSED}
+ORDER BY 1, 2
+"""
+
+SCOPE_JOIN = """JOIN unnest(CAST(:starts AS timestamp[]), CAST(:apps AS text[])) AS s (start_date, created_by)
+      ON s.start_date = {t}.start_date AND s.created_by = {t}.created_by"""
+"""Restrict table alias {t} to the hierarchies in scope."""
+
+SAME_CELL = " AND ".join(
+    ["l.measure_name = :name", "l.start_date = a.start_date", "l.created_by = a.created_by"]
+    + [f"l.group{i} IS NOT DISTINCT FROM a.group{i}" for i in (1, 2, 3)]
+)
+
+# Split what the plain cells in scope gained since the last publication into this
+# epoch's pieces, and move each cell's published count on. A cell whose count went down
+# (rebuilt after a purge: its contributions are no longer those of its pieces) is frozen
+# for good: no row covering it is served anew. One statement.
+UPDATE_LEAVES = (
+    """
+WITH cells AS (
+    SELECT a.start_date, a.created_by, a.group1, a.group2, a.group3, a.count,
+           l.id AS leaf_id, l.count AS published, l.frozen_at
+    FROM aggregate a
+    """
+    + SCOPE_JOIN.format(t="a")
+    + """
+    LEFT JOIN publication_leaf l ON """
+    + SAME_CELL
+    + """
+    WHERE a.measure_name = :name AND """
+    + PLAIN
+    + """
+), pieces AS (
+    INSERT INTO publication_piece
+        (measure_name, start_date, created_by, group1, group2, group3, epoch, count)
+    SELECT :name, start_date, created_by, group1, group2, group3, :epoch,
+           count - coalesce(published, 0)
+    FROM cells
+    WHERE frozen_at IS NULL AND count > coalesce(published, 0)
+), added AS (
+    INSERT INTO publication_leaf (measure_name, start_date, created_by, group1, group2, group3, count)
+    SELECT :name, start_date, created_by, group1, group2, group3, count
+    FROM cells WHERE leaf_id IS NULL
+)
+UPDATE publication_leaf l
+SET count = CASE WHEN c.count > l.count THEN c.count ELSE l.count END,
+    frozen_at = CASE WHEN c.count < l.count THEN now() ELSE NULL END
+FROM cells c
+WHERE l.id = c.leaf_id AND l.frozen_at IS NULL AND c.count <> l.count
+"""
+)
+
+GROUP_TEXT = "a.group1::text AS g1, a.group2::text AS g2, a.group3::text AS g3"
+
+LEAVES = (
+    """
+SELECT a.start_date, a.created_by, """
+    + GROUP_TEXT
+    + """, a.count, a.frozen_at IS NOT NULL AS frozen
+FROM publication_leaf a
+"""
+    + SCOPE_JOIN.format(t="a")
+    + """
+WHERE a.measure_name = :name
+"""
+)
+PIECES = (
+    """
+SELECT a.start_date, a.created_by, """
+    + GROUP_TEXT
+    + """, a.epoch, a.count
+FROM publication_piece a
+"""
+    + SCOPE_JOIN.format(t="a")
+    + """
+WHERE a.measure_name = :name
+"""
+)
+VERSIONS = (
+    """
+SELECT a.start_date, a.created_by, """
+    + GROUP_TEXT
+    + """, a.version, a.epoch, a.contributions, a.body
+FROM published_version a
+"""
+    + SCOPE_JOIN.format(t="a")
+    + """
+WHERE a.measure_name = :name
+ORDER BY a.id
+"""
+)
+# Every row of the hierarchies in scope, all levels, with what is served of it now.
+CANDIDATES = (
+    """
+SELECT a.id, a.start_date, a.created_by, """
+    + GROUP_TEXT
+    + """, a.count,
+       coalesce(a.group1 """
+    + STAR_TEST
+    + """, false) AS s1,
+       coalesce(a.group2 """
+    + STAR_TEST
+    + """, false) AS s2,
+       coalesce(a.group3 """
+    + STAR_TEST
+    + """, false) AS s3,
+       p.contributions AS served
+FROM aggregate a
+"""
+    + SCOPE_JOIN.format(t="a")
+    + """
+LEFT JOIN published_cell p ON p.measure_name = :name AND p.start_date = a.start_date
+      AND p.created_by = a.created_by AND p.group1 IS NOT DISTINCT FROM a.group1
+      AND p.group2 IS NOT DISTINCT FROM a.group2 AND p.group3 IS NOT DISTINCT FROM a.group3
+WHERE a.measure_name = :name
+"""
+)
+
+# Serve the chosen aggregate rows as new versions: the current version is replaced,
+# the history gains it. The numbers are stored as served (rounded), beside the JSON.
+PUBLISH = (
+    """
+WITH chosen AS (
+    SELECT a.*, """
+    + SERVED_ROW_JSON
+    + """ AS body, """
+    + SERVED_ORDER_KEY
+    + """ AS sort_key
+    FROM aggregate a
+    WHERE a.measure_name = :name AND a.id = ANY (CAST(:ids AS bigint[]))
+), served AS (
+    INSERT INTO published_cell AS p
+        (measure_name, start_date, created_by, group1, group2, group3, version, contributions,
+         epoch, count, count_not_zero, sum, min, max, avg, std, median, first_quartile,
+         third_quartile, body, sort_key, published_at)
+    SELECT measure_name, start_date, created_by, group1, group2, group3, 1, count,
+           :epoch, count, count_not_zero, round(sum, 2), min, max, round(avg::numeric, 2),
+           round(std::numeric, 2), round(median::numeric, 2),
+           round(first_quartile::numeric, 2), round(third_quartile::numeric, 2),
+           body, sort_key, now()
+    FROM chosen
+    ON CONFLICT (measure_name, start_date, created_by, group1, group2, group3) DO UPDATE SET
+        version = p.version + 1,
+        contributions = EXCLUDED.contributions,
+        epoch = EXCLUDED.epoch,
+        count = EXCLUDED.count,
+        count_not_zero = EXCLUDED.count_not_zero,
+        sum = EXCLUDED.sum,
+        min = EXCLUDED.min,
+        max = EXCLUDED.max,
+        avg = EXCLUDED.avg,
+        std = EXCLUDED.std,
+        median = EXCLUDED.median,
+        first_quartile = EXCLUDED.first_quartile,
+        third_quartile = EXCLUDED.third_quartile,
+        body = EXCLUDED.body,
+        sort_key = EXCLUDED.sort_key,
+        published_at = EXCLUDED.published_at
+    RETURNING p.*
+)
+INSERT INTO published_version
+    (measure_name, start_date, created_by, group1, group2, group3, version, contributions,
+     epoch, body, published_at)
+SELECT measure_name, start_date, created_by, group1, group2, group3, version, contributions,
+       epoch, body, published_at
+FROM served
+"""
+)
+
+# For `flask privacy check`: the hierarchies holding served versions.
+SERVED_HIERARCHIES = """
+SELECT DISTINCT start_date, created_by FROM published_version
+WHERE measure_name = :name
+  AND (CAST(:day AS timestamp) IS NULL
+       OR (start_date >= CAST(:day AS timestamp) AND start_date < CAST(:day AS timestamp) + interval '1 day'))
+ORDER BY 1, 2
+"""
+
+# The read side: the relation DACC documents, over the ledger, for external readers.
+FILTERED_AGGREGATION_VIEW = """
+SELECT id, measure_name, start_date, created_by, group1, group2, group3,
+       count, count_not_zero, sum, min, max, avg, std,
+       median, first_quartile, third_quartile, published_at AS last_updated,
+       version, body, sort_key
+FROM published_cell
+"""
+"""The body of the plain view filtered_aggregation; migration 0003 creates it from a copy
+that a test compares with this text."""
