@@ -37,6 +37,7 @@ def create_app(config: Config | None = None) -> Flask:
     _register_blueprints(app, config)
     _register_errors(app)
     _register_request_log(app)
+    _register_request_metrics(app, config)
     _register_commands(app)
     if config.embedded:
         _migrate_embedded(app)
@@ -64,6 +65,13 @@ def _register_request_log(app: Flask) -> None:
     from dacc.logs import register_request_log
 
     register_request_log(app)
+
+
+def _register_request_metrics(app: Flask, config: Config) -> None:
+    if config.metrics != "off":
+        from dacc.metrics import register_request_metrics
+
+        register_request_metrics(app)
 
 
 def _configure_database(app: Flask, config: Config) -> None:
@@ -97,7 +105,7 @@ def _configure_database(app: Flask, config: Config) -> None:
 def _register_blueprints(app: Flask, config: Config) -> None:
     from dacc.api import register_blueprints
 
-    register_blueprints(app, bench=config.bench_endpoints)
+    register_blueprints(app, bench=config.bench_endpoints, metrics=config.metrics)
 
 
 def _register_errors(app: Flask) -> None:

@@ -24,7 +24,9 @@ DACC_KEYS = (
     "aggregate_cache_seconds",
     "statement_timeout_ms",
     "bench_endpoints",
+    "metrics",
 )
+METRICS_MODES = ("off", "open", "token")
 MQTT_KEYS = (
     "host",
     "port",
@@ -122,6 +124,10 @@ class Config:
     """Default statement timeout of web requests; jobs lift it."""
     bench_endpoints: bool = False
     """Expose the benchmark's ceiling endpoints. Only the benchmark sets it."""
+    metrics: str = "token"
+    """GET /metrics: off (404), open (no token), token (a token with metrics:read)."""
+    metrics_multiprocess_dir: str | None = None
+    """PROMETHEUS_MULTIPROC_DIR: the folder where gunicorn workers add their metrics up."""
     mqtt: MqttConfig | None = None
     """The `mqtt` section, for `flask ingest mqtt`; None when absent."""
     testing: bool = False
@@ -160,6 +166,9 @@ def load_config(environ: dict[str, str] | None = None, cwd: Path | None = None) 
     if env.get("DATABASE_URL"):
         values["database_url"] = normalise_database_url(env["DATABASE_URL"], "DATABASE_URL")
         values["source"] += " + DATABASE_URL"
+    if env.get("PROMETHEUS_MULTIPROC_DIR"):
+        # prometheus-client reads it too, at import: both must agree.
+        values["metrics_multiprocess_dir"] = env["PROMETHEUS_MULTIPROC_DIR"]
     if env.get("DACC_DATA_DIR"):
         values["data_dir"] = str(cwd / env["DACC_DATA_DIR"])
     elif "data_dir" in values:
@@ -276,6 +285,10 @@ def _read_dacc_section(section, where: str, values: dict) -> None:
         if not isinstance(section["bench_endpoints"], bool):
             raise ConfigError(f"{where}: 'dacc.bench_endpoints' must be true or false")
         values["bench_endpoints"] = section["bench_endpoints"]
+    if "metrics" in section:
+        if section["metrics"] not in METRICS_MODES:
+            raise ConfigError(f"{where}: 'dacc.metrics' must be one of {', '.join(METRICS_MODES)}")
+        values["metrics"] = section["metrics"]
 
 
 def _read_mqtt_section(section, env_password: str | None, where: str) -> MqttConfig:

@@ -103,32 +103,38 @@ def request_token() -> tuple[int | None, str | None]:
     return (identity.id, identity.org) if identity is not None else (None, None)
 
 
-def log_refused_measures(body, error) -> None:
-    """One line per refused measure: its name, the fault, the token; never its value.
+def refused_measures(body, error) -> list[tuple[object, str, int | None]]:
+    """(measureName sent, fault, bulk index or None) for each measure `error` refused.
 
-    `error` is the DaccError raised for `body` (one measure, or a bulk array whose
-    faults are listed by index in `error.details`).
+    `error` is the DaccError raised for `body`: one measure, or a bulk array whose
+    faults are listed by index in `error.details` (the first 100).
     """
-    token_id, _ = request_token()
     if isinstance(body, list) and error.details:
+        refused = []
         for fault in error.details:
-            item = body[fault["index"]] if fault.get("index", -1) < len(body) else None
-            _log_refused(item, f"[{fault['index']}] {fault['error']}", token_id)
-    else:
-        _log_refused(body, error.message, token_id)
+            index = fault["index"]
+            item = body[index] if 0 <= index < len(body) else None
+            name = item.get("measureName") if isinstance(item, dict) else None
+            refused.append((name, fault["error"], index))
+        return refused
+    name = body.get("measureName") if isinstance(body, dict) else None
+    return [(name, error.message, None)]
 
 
-def _log_refused(item, message: str, token_id) -> None:
-    name = item.get("measureName") if isinstance(item, dict) else None
-    if "value: " in message:
-        # The fault about `value` quotes it: keep the fault, not the value.
-        message = message.split(", got ", 1)[0]
-    request_log.info(
-        "measure refused: measure=%s error=%s token=%s",
-        printable(name) if isinstance(name, str) else "-",
-        printable(message),
-        token_id if token_id is not None else "-",
-    )
+def log_refused_measures(refused) -> None:
+    """One line per refused measure: its name, the fault, the token; never its value."""
+    token_id, _ = request_token()
+    for name, fault, index in refused:
+        if fault.startswith("value: "):
+            # The fault about `value` quotes it: keep the fault, not the value.
+            fault = fault.split(", got ", 1)[0]
+        request_log.info(
+            "measure refused: measure=%s error=%s%s token=%s",
+            printable(name) if isinstance(name, str) else "-",
+            f"[{index}] " if index is not None else "",
+            printable(fault),
+            token_id if token_id is not None else "-",
+        )
 
 
 def printable(text: str, limit: int = 200) -> str:

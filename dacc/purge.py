@@ -17,6 +17,7 @@ from dacc.aggregation.snapshot import SEEN_BY_LAST_RUN
 from dacc.db import db
 from dacc.errors import BadRequest, DaccError, error_message
 from dacc.models import MeasureDefinition
+from dacc.runs import recorded_run
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +140,7 @@ SELECT (SELECT count(*) FROM batch) AS selected,
 """
 
 
+@recorded_run("purge")
 def purge_raw_measures(
     definition: MeasureDefinition | str,
     *,

@@ -14,6 +14,7 @@ from flask import current_app
 
 from dacc.db import db
 from dacc.errors import BadRequest, Forbidden
+from dacc.metrics import count_cache_lookup
 from dacc.models.definitions import KEY_LENGTH, NAME_LENGTH
 from dacc.privacy import may_read_results
 from dacc.tokens import TokenIdentity
@@ -129,7 +130,9 @@ def _cached_read(query: AggregateQuery, token: TokenIdentity) -> _Found | None:
         hit = cache.entries.get(key)
         if hit is not None and hit[0] > now:
             cache.entries.move_to_end(key)
+            count_cache_lookup(hit=True)
             return hit[1]
+    count_cache_lookup(hit=False)
     found = _read(query, token)
     if found is not None and found.rows is not None and len(found.rows) <= CACHE_MAX_ANSWER_BYTES:
         with cache.lock:

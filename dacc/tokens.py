@@ -20,7 +20,9 @@ from dacc.models import ApiToken
 
 log = logging.getLogger(__name__)
 
-SCOPES = ("measure:write", "aggregate:read")
+SCOPES = ("measure:write", "aggregate:read", "metrics:read")
+DEFAULT_SCOPES = ("measure:write", "aggregate:read")
+"""What `flask token create` gives without --scope; metrics:read is asked for by name."""
 SECRET_PREFIX = "dacc_"
 SECRET_SHAPE = re.compile(r"^dacc_[A-Za-z0-9_-]{43}$")
 DISPLAY_PREFIX_LENGTH = 12
@@ -37,7 +39,7 @@ class TokenIdentity:
     scopes: frozenset[str]
 
 
-def create_token(org: str, *, label=None, scopes=SCOPES, expires_in_days=None) -> tuple[ApiToken, str]:
+def create_token(org: str, *, label=None, scopes=DEFAULT_SCOPES, expires_in_days=None) -> tuple[ApiToken, str]:
     """Store a new token for `org`; return it with its secret, which is never shown again."""
     _check_org(org)
     _check_label(label)

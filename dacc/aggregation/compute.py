@@ -18,6 +18,7 @@ from dacc.errors import BadRequest, Conflict, DaccError, NotFound, error_message
 from dacc.models import MeasureDefinition
 from dacc.publication import publish_measure
 from dacc.restitution import forget_cached_reads
+from dacc.runs import recorded_run
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,7 @@ class _StalePlan(Exception):
     """The definition changed between reading it and winning the measure's lock."""
 
 
+@recorded_run("aggregation")
 def compute_aggregation(definition: MeasureDefinition | str, *, force: bool = False) -> AggregationResult:
     """Merge the raw measures of `definition` that arrived since its previous run, and
     publish what that changed.

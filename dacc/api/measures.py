@@ -7,7 +7,8 @@ from flask import Blueprint, jsonify, request
 from dacc.auth import require_scope
 from dacc.errors import BadRequest, DaccError, UnsupportedMediaType
 from dacc.ingestion import record_measure, record_measures
-from dacc.logs import log_refused_measures
+from dacc.logs import log_refused_measures, refused_measures
+from dacc.metrics import count_accepted, count_refused
 
 bp = Blueprint("measures", __name__)
 
@@ -24,8 +25,9 @@ def post_measure():
     try:
         result = record_measure(body)
     except DaccError as exc:
-        log_refused_measures(body, exc)
+        _refused(body, exc)
         raise
+    count_accepted(body)
     if result.duplicates:
         return jsonify({"ok": True, "duplicate": True}), 200
     return jsonify({"ok": True}), 201
@@ -38,8 +40,9 @@ def post_measures():
     try:
         result = record_measures(body)
     except DaccError as exc:
-        log_refused_measures(body, exc)
+        _refused(body, exc)
         raise
+    count_accepted(body)
     return jsonify({"ok": True, "inserted": result.inserted, "duplicates": result.duplicates}), 201
 
 
@@ -55,3 +58,9 @@ def _json_body(max_bytes: int | None = None):
         return json.loads(raw)
     except (ValueError, RecursionError) as exc:
         raise BadRequest(f"body: not valid JSON ({exc})") from None
+
+
+def _refused(body, error: DaccError) -> None:
+    refused = refused_measures(body, error)
+    log_refused_measures(refused)
+    count_refused([(name, fault) for name, fault, _ in refused])

@@ -18,14 +18,14 @@ token_group = AppGroup("token", help="Manage API tokens (secrets are shown once)
     "scopes",
     multiple=True,
     type=click.Choice(tokens.SCOPES),
-    help="Repeat for several; default: all scopes.",
+    help="Repeat for several; default: measure:write and aggregate:read.",
 )
 @click.option("--expires-in", type=click.IntRange(min=1), metavar="DAYS", help="Lifetime in days.")
 @cli_errors
 def create_command(org, label, scopes, expires_in):
     """Create a token for ORG and print its secret (last line, shown once)."""
     token, secret = tokens.create_token(
-        org, label=label, scopes=scopes or tokens.SCOPES, expires_in_days=expires_in
+        org, label=label, scopes=scopes or tokens.DEFAULT_SCOPES, expires_in_days=expires_in
     )
     click.echo(f"created token {token.id} for org {org} ({', '.join(token.scopes)})", err=True)
     click.echo("store this secret now, it will not be shown again:", err=True)

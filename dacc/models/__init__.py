@@ -11,12 +11,14 @@ from dacc.models.publication import (
     PublishedCell,
     PublishedVersion,
 )
+from dacc.models.runs import JobRunStat
 from dacc.models.tokens import ApiToken
 
 __all__ = [
     "Aggregate",
     "AggregationState",
     "ApiToken",
+    "JobRunStat",
     "MeasureDefinition",
     "MeasureKey",
     "PublicationLeaf",

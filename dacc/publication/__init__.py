@@ -58,16 +58,23 @@ def publish_pending(*, names: list[str] | None = None, full: bool = False) -> li
         from dacc.errors import NotFound
 
         raise NotFound(f"measure '{name}': no such definition")
+    from dacc.runs import record_run
+
     results = []
     for name in names:
         started = time.monotonic()
-        with db.engine.connect() as conn, conn.begin():
-            conn.execute(sa.text("SET LOCAL statement_timeout = 0"))
-            if not conn.execute(sa.text(_TRY_LOCK), {"name": name}).scalar():
-                results.append(PublicationResult(name, skipped=True))
-                continue
-            result = publish_measure(conn, name, full=full)
+        try:
+            with db.engine.connect() as conn, conn.begin():
+                conn.execute(sa.text("SET LOCAL statement_timeout = 0"))
+                if not conn.execute(sa.text(_TRY_LOCK), {"name": name}).scalar():
+                    results.append(PublicationResult(name, skipped=True))
+                    continue
+                result = publish_measure(conn, name, full=full)
+        except Exception:
+            record_run("publication", name, ok=False, seconds=time.monotonic() - started)
+            raise
         result.seconds = time.monotonic() - started
+        record_run("publication", name, ok=True, seconds=result.seconds)
         results.append(result)
     forget_cached_reads()
     return results
