@@ -353,16 +353,21 @@ def _merge(conn, plan: _Plan, result: AggregationResult, *, force: bool) -> None
             rebuild_from=state.rebuild_from,
         )
     rebuild = params["rebuild_from"] is not None
+    keyed = frozenset(g for g in sql.GROUPS if plan.stars[f"star_{g}"] is not None)
     all_new = False
     if plan.quartiles:
-        all_new = not conn.execute(sa.text(sql.HAS_CELLS), params).scalar()
-        # No cell, so none was purged: nothing to refuse.
-        if not all_new:
+        cells = conn.execute(sa.text(sql.HAS_CELLS), params).one()
+        all_new = not cells.any_cell
+        # Without a cell stamped by a purge there is nothing to refuse; REFUSE's probe of
+        # every new row costs as much as the merge itself.
+        if cells.any_purged:
             result.refused = conn.execute(
                 sa.text(sql.refuse(list(plan.levels), rebuild=rebuild)), params
             ).rowcount
     for starred in plan.levels:
-        statement = sql.merge(starred, rebuild=rebuild, quartiles=plan.quartiles, all_new=all_new)
+        statement = sql.merge(
+            starred, rebuild=rebuild, quartiles=plan.quartiles, all_new=all_new, keyed=keyed
+        )
         row = conn.execute(sa.text(statement), params).one()
         if starred == PLAIN:
             result.raw_read = int(row.raw_read)
