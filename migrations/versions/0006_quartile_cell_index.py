@@ -1,7 +1,7 @@
 """raw measures: an index on each row's cell key hash, for per-cell quartiles
 
 Revision ID: 0006_quartile_cell_index
-Revises: 0003
+Revises: 0008_operations
 Create Date: 2026-12-01 23:00:00
 
 A run that adds rows to existing quartile cells recomputes each touched cell's
@@ -13,7 +13,7 @@ from alembic import op
 
 # revision identifiers, used by Alembic.
 revision = '0006_quartile_cell_index'
-down_revision = '0003'
+down_revision = '0008_operations'
 branch_labels = None
 depends_on = None
 
