@@ -34,6 +34,7 @@ def create_app(config: Config | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json.sort_keys = False
     _configure_database(app, config)
+    _configure_contributor_key(app, config)
     _register_blueprints(app, config)
     _register_errors(app)
     _register_request_log(app)
@@ -100,6 +101,12 @@ def _configure_database(app: Flask, config: Config) -> None:
     db.init_app(app)
     migrate.init_app(app, db, directory=MIGRATIONS_DIR, compare_type=True)
     import dacc.models  # noqa: F401  (register the tables with the metadata)
+
+
+def _configure_contributor_key(app: Flask, config: Config) -> None:
+    from dacc.contributors import init_contributor_key
+
+    init_contributor_key(app, config)
 
 
 def _register_blueprints(app: Flask, config: Config) -> None:

@@ -25,6 +25,7 @@ DACC_KEYS = (
     "statement_timeout_ms",
     "bench_endpoints",
     "metrics",
+    "contributor_secret",
 )
 METRICS_MODES = ("off", "open", "token")
 MQTT_KEYS = (
@@ -58,6 +59,7 @@ def _project_instance_dir() -> Path:
 
 
 DEFAULT_DATA_DIR = str(_project_instance_dir() / "pgdata")
+MIN_SECRET_LENGTH = 32
 
 
 class ConfigError(click.ClickException):
@@ -130,6 +132,10 @@ class Config:
     """PROMETHEUS_MULTIPROC_DIR: the folder where gunicorn workers add their metrics up."""
     mqtt: MqttConfig | None = None
     """The `mqtt` section, for `flask ingest mqtt`; None when absent."""
+    contributor_secret: str | None = dataclasses.field(default=None, repr=False)
+    """Key of the contributor hashes (HMAC-SHA256). None: the embedded default keeps one
+    in its instance folder (dacc.contributors); an external database needs it set, so
+    that every web process hashes alike."""
     testing: bool = False
 
     @property
@@ -289,6 +295,15 @@ def _read_dacc_section(section, where: str, values: dict) -> None:
         if section["metrics"] not in METRICS_MODES:
             raise ConfigError(f"{where}: 'dacc.metrics' must be one of {', '.join(METRICS_MODES)}")
         values["metrics"] = section["metrics"]
+    if "contributor_secret" in section:
+        secret = section["contributor_secret"]
+        if not isinstance(secret, str) or len(secret) < MIN_SECRET_LENGTH:
+            # Never echo the value: it is a secret.
+            raise ConfigError(
+                f"{where}: 'dacc.contributor_secret' must be a string of at least"
+                f" {MIN_SECRET_LENGTH} characters"
+            )
+        values["contributor_secret"] = secret
 
 
 def _read_mqtt_section(section, env_password: str | None, where: str) -> MqttConfig:

@@ -7,6 +7,7 @@ import json
 import logging
 import time
 from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -18,12 +19,14 @@ from dacc.errors import BadRequest, DaccError, NotFound
 from dacc.models import (
     Aggregate,
     AggregationState,
+    CellContributor,
+    ContributorQuota,
     MeasureDefinition,
     MeasureKey,
     RawMeasure,
     RefusedRawMeasure,
 )
-from dacc.models.definitions import KEY_LENGTH, NAME_LENGTH, PERIODS
+from dacc.models.definitions import ANY_WRITER, EXTREMES, KEY_LENGTH, NAME_LENGTH, PERIODS
 from dacc.validation import storable_text
 
 log = logging.getLogger(__name__)
@@ -76,6 +79,36 @@ def _integer(minimum, *, nullable=False):
     return check
 
 
+def _extremes(value):
+    if value not in EXTREMES:
+        raise ValueError(f"must be one of {', '.join(EXTREMES)}, got {json.dumps(value)}")
+    return value
+
+
+def _p_percent(value):
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 100:
+        raise ValueError("must be a number above 0 and at most 100, or null")
+    return Decimal(repr(value)).quantize(Decimal("0.01"))
+
+
+def _writers(value):
+    """A non-empty list of orgs, or ["*"]; None (absent) is resolved by upsert_definitions."""
+    if value is None:
+        return None
+    check = _text(KEY_LENGTH, required=True)
+    if not isinstance(value, list) or not value:
+        raise ValueError(f'must be a non-empty list of orgs, or ["{ANY_WRITER}"] for any token')
+    for org in value:
+        check(org)
+    if ANY_WRITER in value and len(value) > 1:
+        raise ValueError(f'"{ANY_WRITER}" (any token) goes alone')
+    if len(set(value)) != len(value):
+        raise ValueError("names an org twice")
+    return sorted(value)
+
+
 def _boolean(value):
     if not isinstance(value, bool):
         raise ValueError("must be true or false")
@@ -103,6 +136,11 @@ FIELDS = {
     "wildcardGroups": ("wildcard_groups", [], None),  # checked with the group keys
     "rawRetentionDays": ("raw_retention_days", None, _integer(1, nullable=True)),
     "publishDelayHours": ("publish_delay_hours", 0, _integer(0)),
+    # Absent: [org] for a new definition, unchanged for a stored one (see upsert_definitions).
+    "writers": ("writers", None, _writers),
+    "extremes": ("extremes", "k2", _extremes),
+    "pPercent": ("p_percent", None, _p_percent),
+    "maxContributionsPerCell": ("max_contributions_per_cell", None, _integer(1, nullable=True)),
 }
 COLUMNS = [column for column, _, _ in FIELDS.values() if column != "id"]
 
@@ -115,6 +153,9 @@ class DefinitionRules:
     created_by: str | None
     group_keys: tuple[str | None, str | None, str | None]
     aggregation_period: str
+    writers: frozenset[str]
+    """Orgs whose tokens may send the measure; {"*"}: any token."""
+    max_contributions: int | None
 
 
 # --- reading and validating a definitions file -------------------------------------
@@ -234,6 +275,13 @@ def upsert_definitions(rows: list[dict]) -> list[tuple[str, str]]:
             sa.select(MeasureDefinition).where(MeasureDefinition.name.in_(names)).with_for_update()
         )
     }
+    for row in rows:
+        if row["writers"] is None:
+            # Left out of the file: a new definition is written by its own org only (safe
+            # by default); a stored one keeps its grants, so that re-importing an older
+            # file never locks its writers out (nor opens the measure) silently.
+            current = existing.get(row["name"])
+            row["writers"] = list(current.writers) if current else [row["org"]]
     with_id = [row for row in rows if row["id"] is not None]
     outcomes = {}
     try:
@@ -423,6 +471,9 @@ def remove_definition(name: str) -> dict[str, int]:
     ):
         result = db.session.execute(sa.delete(model).where(model.measure_name == name))
         counts[label] = result.rowcount
+    # Bookkeeping of the measures above (keyed hashes), not reported apart.
+    for model in (ContributorQuota, CellContributor):
+        db.session.execute(sa.delete(model).where(model.measure_name == name))
     db.session.delete(definition)
     db.session.commit()
     forget_cached_definitions()
@@ -452,13 +503,18 @@ def get_definition_rules(name: str) -> DefinitionRules | None:
             MeasureDefinition.group2_key,
             MeasureDefinition.group3_key,
             MeasureDefinition.aggregation_period,
+            MeasureDefinition.writers,
+            MeasureDefinition.max_contributions_per_cell,
         ).where(MeasureDefinition.name == name)
     ).first()
     if row is None:
         cache.pop(name, None)
         return None
     keys = (row.group1_key, row.group2_key, row.group3_key)
-    rules = DefinitionRules(row.name, row.created_by, keys, row.aggregation_period)
+    rules = DefinitionRules(
+        row.name, row.created_by, keys, row.aggregation_period, frozenset(row.writers),
+        row.max_contributions_per_cell,
+    )
     cache[name] = (now + CACHE_SECONDS, rules)
     return rules
 

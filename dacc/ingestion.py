@@ -15,9 +15,10 @@ from typing import NamedTuple
 import sqlalchemy as sa
 
 from dacc.db import db
+from dacc.contributors import contributor_key, hash_contributor
 from dacc.definitions import DefinitionRules, get_definition_rules
-from dacc.errors import BadRequest
-from dacc.models.definitions import KEY_LENGTH, NAME_LENGTH
+from dacc.errors import BadRequest, Conflict, Forbidden
+from dacc.models.definitions import ANY_WRITER, KEY_LENGTH, NAME_LENGTH
 from dacc.validation import FUTURE_TOLERANCE, shown
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,10 @@ class Measure(NamedTuple):
     group2: dict | None
     group3: dict | None
     measure_id: str | None
+    contributor: bytes | None = None
+    """Keyed hash of the writer's org and the client's pseudonym (dacc.contributors)."""
+    org: str | None = None
+    """The writer's org: its measureIds are its own (measure_key)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,15 +71,20 @@ class _Batch:
         self.now = datetime.now(timezone.utc).replace(tzinfo=None)
         self.rules: dict[str, DefinitionRules] = {}
         self.dates: dict[tuple[str, str], datetime] = {}
+        self.contributor_key: bytes | None = None
 
 
 # --- validation -----------------------------------------------------------------------
 
 
-def parse_measure(body, *, _batch: _Batch | None = None) -> Measure:
+def parse_measure(body, *, org: str | None = None, app: str | None = None, _batch: _Batch | None = None) -> Measure:
     """Validate one DACC measure body; raise BadRequest naming the field at fault.
 
-    Reads the definition (cached); writes nothing. Unknown top-level fields are ignored.
+    `org` and `app` are the writer's (its token's org and bound app); None for a caller
+    without one. A writer the definition's `writers` do not list, or whose token is bound
+    to another app, gets Forbidden before any check that would tell it the measure's
+    schema. Reads the definition (cached); writes nothing. Unknown top-level fields are
+    ignored.
     """
     batch = _batch or _Batch()
     if type(body) is not dict:
@@ -84,12 +94,16 @@ def parse_measure(body, *, _batch: _Batch | None = None) -> Measure:
     rules = batch.rules.get(name) if type(name) is str else None
     if rules is None:
         rules = _rules(name, batch)
+    if org is not None and org not in rules.writers and ANY_WRITER not in rules.writers:
+        raise Forbidden(f"measureName: this token may not send measures of '{rules.name}'")
+    created_by = body.get("createdBy")
+    if app is not None and created_by != app:
+        raise Forbidden(f"createdBy: this token only sends measures created by '{app}'")
     value = _value(body.get("value"))
     start = body.get("startDate")
     start_date = batch.dates.get((start, rules.aggregation_period)) if type(start) is str else None
     if start_date is None:
         start_date = _start_date(start, rules.aggregation_period, batch)
-    created_by = body.get("createdBy")
     if type(created_by) is not str or not 0 < len(created_by) <= KEY_LENGTH or not created_by.isprintable():
         raise BadRequest(f"createdBy: expected a string of 1 to {KEY_LENGTH} printable characters")
     if rules.created_by is not None and created_by != rules.created_by:
@@ -101,7 +115,15 @@ def parse_measure(body, *, _batch: _Batch | None = None) -> Measure:
     measure_id = body.get("measureId")
     if measure_id is not None and (type(measure_id) is not str or not MEASURE_ID.fullmatch(measure_id)):
         raise BadRequest("measureId: expected 1 to 64 characters among A-Z a-z 0-9 . _ : -")
-    return Measure(rules.name, value, start_date, created_by, group1, group2, group3, measure_id)
+    pseudonym = body.get("contributor")
+    contributor = None
+    if pseudonym is not None:
+        if batch.contributor_key is None:
+            batch.contributor_key = contributor_key()
+        contributor = hash_contributor(batch.contributor_key, org, pseudonym)
+    return Measure(
+        rules.name, value, start_date, created_by, group1, group2, group3, measure_id, contributor, org
+    )
 
 
 class Reject(NamedTuple):
@@ -109,32 +131,44 @@ class Reject(NamedTuple):
 
     index: int
     error: str
+    forbidden: bool = False
+    """The writer may not send this measure (grants, app binding), whatever its fields."""
 
 
-def validate_batch(items: list, *, org: str | None = None) -> tuple[list[Measure], list[Reject]]:
+def validate_batch(
+    items: list, *, org: str | None = None, app: str | None = None
+) -> tuple[list[Measure], list[Reject]]:
     """Validate each item on its own: the valid ones as Measures, in order, and one
     Reject per invalid one. The one validator of every path that takes several measures.
 
-    `org` is the writer's org (a token's, or an MQTT subscription's); None when the
-    caller has none. Reads definitions (cached); writes nothing.
+    `org` is the writer's org (a token's, or an MQTT subscription's), `app` its token's
+    bound app; None when the caller has none. Reads definitions (cached); writes nothing.
     """
     batch = _Batch()
     measures, rejects = [], []
     for index, item in enumerate(items):
         try:
-            measures.append(parse_measure(item, _batch=batch))
+            measures.append(parse_measure(item, org=org, app=app, _batch=batch))
         except BadRequest as exc:
             rejects.append(Reject(index, exc.message))
+        except Forbidden as exc:
+            rejects.append(Reject(index, exc.message, forbidden=True))
     return measures, rejects
 
 
-def validate_measures(items, *, org: str | None = None) -> list[Measure]:
-    """Validate a bulk body: all items or none; BadRequest lists up to 100 faulty indexes."""
+def validate_measures(items, *, org: str | None = None, app: str | None = None) -> list[Measure]:
+    """Validate a bulk body: all items or none; BadRequest lists up to 100 faulty indexes.
+
+    Forbidden, naming no field, when one item may not be written by this writer.
+    """
     if type(items) is not list:
         raise BadRequest("body: expected a JSON array of measures")
     if len(items) > MAX_BATCH:
         raise BadRequest(f"body: at most {MAX_BATCH} measures per request, got {len(items)}")
-    measures, rejects = validate_batch(items, org=org)
+    measures, rejects = validate_batch(items, org=org, app=app)
+    forbidden = next((r for r in rejects if r.forbidden), None)
+    if forbidden is not None:
+        raise Forbidden(f"index {forbidden.index}: {forbidden.error}; nothing stored")
     if rejects:
         first = rejects[0]
         raise BadRequest(
@@ -230,56 +264,119 @@ def _group(field: str, key: str | None, group, name: str) -> dict | None:
 
 # --- storage --------------------------------------------------------------------------
 
-_INSERT = sa.text(
-    "INSERT INTO raw_measure (measure_name, value, start_date, created_by, group1, group2, group3)"
-    " VALUES (:measure_name, :value, :start_date, :created_by,"
-    " CAST(:group1 AS jsonb), CAST(:group2 AS jsonb), CAST(:group3 AS jsonb))"
+_RAW_COLUMNS = "measure_name, value, start_date, created_by, group1, group2, group3, contributor"
+_RAW_VALUES = (
+    ":measure_name, :value, :start_date, :created_by,"
+    " CAST(:group1 AS jsonb), CAST(:group2 AS jsonb), CAST(:group3 AS jsonb), :contributor"
 )
+_CELL_COLUMNS = "measure_name, start_date, created_by, group1, group2, group3, contributor"
+
+_INSERT = sa.text(f"INSERT INTO raw_measure ({_RAW_COLUMNS}) VALUES ({_RAW_VALUES})")
 
 # measureId: the key row and the raw row go in one statement. The primary key of
-# measure_key settles concurrent duplicates (the second waits for the first, then
-# finds the conflict); the raw row is inserted only when its key was new.
+# measure_key (measure, writer org, id) settles concurrent duplicates (the second waits
+# for the first, then finds the conflict); the raw row is inserted only when its key
+# was new. Another org's id is another key: it can neither be probed nor squatted.
+_NEW_KEY = (
+    "INSERT INTO measure_key (measure_name, org, measure_id)"
+    " VALUES (:measure_name, :org, :measure_id) ON CONFLICT DO NOTHING RETURNING 1"
+)
 _INSERT_KEYED = sa.text(
-    "WITH new_key AS ("
-    " INSERT INTO measure_key (measure_name, measure_id) VALUES (:measure_name, :measure_id)"
-    " ON CONFLICT DO NOTHING RETURNING 1)"
-    " INSERT INTO raw_measure (measure_name, value, start_date, created_by, group1, group2, group3)"
-    " SELECT :measure_name, :value, :start_date, :created_by,"
-    " CAST(:group1 AS jsonb), CAST(:group2 AS jsonb), CAST(:group3 AS jsonb) FROM new_key"
+    f"WITH new_key AS ({_NEW_KEY})"
+    f" INSERT INTO raw_measure ({_RAW_COLUMNS}) SELECT {_RAW_VALUES} FROM new_key"
+)
+
+# maxContributionsPerCell: count the measure against its contributor's quota for the
+# cell in the same statement as the raw row. The upsert takes the quota row's lock, so
+# concurrent measures of one contributor queue on it and each sees the count the
+# previous one left: the cap holds without a race. At the cap, the DO UPDATE's WHERE
+# leaves the row as it is and returns nothing, and no raw row is inserted; the caller
+# rolls back (the key row, if any, with it).
+_INSERT_CAPPED = """
+WITH new_key AS ({new_key}),
+counted AS (
+    INSERT INTO contributor_quota AS q ({cell_columns}, contributions)
+    SELECT :measure_name, :start_date, :created_by, CAST(:group1 AS jsonb),
+           CAST(:group2 AS jsonb), CAST(:group3 AS jsonb), :contributor, 1
+    FROM new_key
+    ON CONFLICT ({cell_columns}) DO UPDATE SET contributions = q.contributions + 1
+    WHERE q.contributions < :cap
+    RETURNING 1
+),
+stored AS (
+    INSERT INTO raw_measure ({raw_columns}) SELECT {raw_values} FROM counted RETURNING 1
+)
+SELECT (SELECT count(*) FROM new_key) AS new_key, (SELECT count(*) FROM stored) AS stored
+"""
+_INSERT_CAPPED_KEYED = sa.text(
+    _INSERT_CAPPED.format(
+        new_key=_NEW_KEY, cell_columns=_CELL_COLUMNS, raw_columns=_RAW_COLUMNS, raw_values=_RAW_VALUES
+    )
+)
+_INSERT_CAPPED_UNKEYED = sa.text(
+    _INSERT_CAPPED.format(
+        new_key="SELECT 1", cell_columns=_CELL_COLUMNS, raw_columns=_RAW_COLUMNS, raw_values=_RAW_VALUES
+    )
 )
 
 _CREATE_STAGING = sa.text(
     "CREATE TEMP TABLE measure_staging (measure_name text, value numeric(16, 2),"
     " start_date timestamp, created_by text, group1 jsonb, group2 jsonb, group3 jsonb,"
-    " measure_id text) ON COMMIT DROP"
+    " contributor bytea, org text, measure_id text) ON COMMIT DROP"
 )
 
-# Same rule as _INSERT_KEYED, set-based: staged ids are unique (deduplicated in Python),
-# those already in measure_key are skipped, the others stored with their raw rows.
-_INSERT_STAGED = sa.text(
-    "WITH new_key AS ("
-    " INSERT INTO measure_key (measure_name, measure_id)"
-    " SELECT measure_name, measure_id FROM measure_staging WHERE measure_id IS NOT NULL"
-    " ON CONFLICT DO NOTHING RETURNING measure_name, measure_id)"
-    " INSERT INTO raw_measure (measure_name, value, start_date, created_by, group1, group2, group3)"
-    " SELECT s.measure_name, s.value, s.start_date, s.created_by, s.group1, s.group2, s.group3"
-    " FROM measure_staging s"
-    " WHERE s.measure_id IS NULL OR (s.measure_name, s.measure_id) IN (SELECT * FROM new_key)"
+# Same rules as _INSERT_KEYED and _INSERT_CAPPED, set-based. Staged ids are unique
+# (deduplicated in Python); those already in measure_key for this org are skipped, the
+# others stored with their raw rows. Each (cell, contributor) of a capped definition
+# adds its batch count to its quota only where the sum stays within the cap: when fewer
+# quotas were counted than asked, the caller rolls the whole batch back.
+_INSERT_STAGED = sa.text(f"""
+WITH new_key AS (
+    INSERT INTO measure_key (measure_name, org, measure_id)
+    SELECT measure_name, org, measure_id FROM measure_staging WHERE measure_id IS NOT NULL
+    ON CONFLICT DO NOTHING RETURNING measure_name, org, measure_id
+), kept AS (
+    SELECT * FROM measure_staging s
+    WHERE s.measure_id IS NULL OR (s.measure_name, s.org, s.measure_id) IN (SELECT * FROM new_key)
+), asked AS (
+    SELECT k.measure_name, k.start_date, k.created_by, k.group1, k.group2, k.group3,
+           k.contributor, count(*) AS n, min(d.max_contributions_per_cell) AS cap
+    FROM kept k JOIN measure_definition d ON d.name = k.measure_name
+    WHERE k.contributor IS NOT NULL AND d.max_contributions_per_cell IS NOT NULL
+    GROUP BY 1, 2, 3, 4, 5, 6, 7
+), counted AS (
+    INSERT INTO contributor_quota AS q ({_CELL_COLUMNS}, contributions)
+    SELECT {_CELL_COLUMNS}, n FROM asked WHERE n <= cap
+    ON CONFLICT ({_CELL_COLUMNS}) DO UPDATE SET contributions = q.contributions + EXCLUDED.contributions
+    WHERE q.contributions + EXCLUDED.contributions <= (
+        SELECT d.max_contributions_per_cell FROM measure_definition d WHERE d.name = q.measure_name)
+    RETURNING 1
+), stored AS (
+    INSERT INTO raw_measure ({_RAW_COLUMNS})
+    SELECT measure_name, value, start_date, created_by, group1, group2, group3, contributor FROM kept
+    RETURNING 1
 )
+SELECT (SELECT count(*) FROM stored) AS inserted,
+       (SELECT count(*) FROM asked) AS asked,
+       (SELECT count(*) FROM counted) AS counted
+""")
 
 NULL = "\\N"
-_COPY_COLUMNS = "(measure_name, start_date, created_by, value, group1, group2, group3"
+_COPY_COLUMNS = "(measure_name, start_date, created_by, value, group1, group2, group3, contributor"
 # COPY text format: backslash starts an escape; validation already refused control
 # characters, the table is there for safety.
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
-def record_measure(body) -> RecordResult:
-    """Validate and store one measure; (0, 1) when its measureId is already stored.
+def record_measure(body, *, org: str | None = None, app: str | None = None) -> RecordResult:
+    """Validate and store one measure; (0, 1) when its measureId is already stored for
+    this writer's org.
 
-    Raises BadRequest with nothing written. One INSERT statement, one commit.
+    Raises BadRequest or Forbidden with nothing written, Conflict (nothing written) when
+    its contributor already reached the definition's maxContributionsPerCell in its
+    cell. One INSERT statement, one commit.
     """
-    measure = parse_measure(body)
+    measure = parse_measure(body, org=org, app=app)
     params = {
         "measure_name": measure.measure_name,
         "value": measure.value,
@@ -288,37 +385,59 @@ def record_measure(body) -> RecordResult:
         "group1": _json(measure.group1),
         "group2": _json(measure.group2),
         "group3": _json(measure.group3),
+        "contributor": measure.contributor,
+        "org": org or "",
+        "measure_id": measure.measure_id,
     }
-    if measure.measure_id is None:
+    cap = _cap(measure)
+    if cap is not None:
+        params["cap"] = cap
+        statement = _INSERT_CAPPED_UNKEYED if measure.measure_id is None else _INSERT_CAPPED_KEYED
+        new_key, inserted = db.session.execute(statement, params).one()
+        if new_key and not inserted:
+            db.session.rollback()
+            raise Conflict(_cap_message(measure.measure_name, cap))
+    elif measure.measure_id is None:
         db.session.execute(_INSERT, params)
         inserted = 1
     else:
-        params["measure_id"] = measure.measure_id
         inserted = db.session.execute(_INSERT_KEYED, params).rowcount
     db.session.commit()
     return RecordResult(inserted, 1 - inserted)
 
 
-def record_measures(items) -> RecordResult:
-    """Validate a bulk body and store it all, or raise BadRequest and store nothing."""
-    return store_measures(validate_measures(items))
+def record_measures(items, *, org: str | None = None, app: str | None = None) -> RecordResult:
+    """Validate a bulk body and store it all, or raise (BadRequest, Forbidden, Conflict)
+    and store nothing."""
+    return store_measures(validate_measures(items, org=org, app=app))
 
 
 def store_measures(measures: list[Measure]) -> RecordResult:
     """Store validated measures in one transaction, skipping measureIds already stored
-    or repeated in the list (counted as duplicates). Loads with COPY; commits once."""
+    for their writer's org or repeated in the list (counted as duplicates). Loads with
+    COPY; commits once. Raises Conflict, storing nothing, when a contributor would pass
+    its cap."""
     keyed = any(m.measure_id is not None for m in measures)
-    lines = _copy_lines(measures, keyed)
+    with_contributor = {m.measure_name for m in measures if m.contributor is not None}
+    capped = any(_max_contributions(name) is not None for name in with_contributor)
+    staged = keyed or capped
+    lines = _copy_lines(measures, staged)
     duplicates = len(measures) - len(lines)
     if not lines:
         return RecordResult(0, duplicates)
     data = io.StringIO("".join(lines))
-    if keyed:
+    if staged:
         db.session.execute(_CREATE_STAGING)
-        _copy(f"COPY measure_staging {_COPY_COLUMNS}, measure_id) FROM STDIN", data)
-        inserted = db.session.execute(_INSERT_STAGED).rowcount
+        _copy(f"COPY measure_staging {_COPY_COLUMNS}, org, measure_id) FROM STDIN", data)
+        inserted, asked, counted = db.session.execute(_INSERT_STAGED).one()
+        if counted < asked:
+            db.session.rollback()
+            raise Conflict(
+                f"{asked - counted} contributor(s) would pass the maxContributionsPerCell of"
+                " their cell; nothing stored"
+            )
     else:
-        # Without ids nothing can clash: straight into the table.
+        # Without ids or caps nothing can clash: straight into the table.
         _copy(f"COPY raw_measure {_COPY_COLUMNS}) FROM STDIN", data)
         inserted = len(lines)
     db.session.commit()
@@ -327,16 +446,33 @@ def store_measures(measures: list[Measure]) -> RecordResult:
     return RecordResult(inserted, duplicates)
 
 
+def _cap(measure: Measure) -> int | None:
+    """The definition's maxContributionsPerCell when it applies to this measure."""
+    return None if measure.contributor is None else _max_contributions(measure.measure_name)
+
+
+def _max_contributions(name: str) -> int | None:
+    rules = get_definition_rules(name)
+    return rules.max_contributions if rules is not None else None
+
+
+def _cap_message(name: str, cap: int) -> str:
+    return (
+        f"contributor: already sent {cap} measure(s) into this cell of '{name}'"
+        f" (its maxContributionsPerCell); measure not stored"
+    )
+
+
 def _copy_lines(measures: list[Measure], keyed: bool) -> list[str]:
     """COPY text lines in _COPY_COLUMNS order, the first of each repeated measureId only."""
     seen, lines = set(), []
     heads: dict[tuple, str] = {}
     encode = _GroupEncoder()
-    for name, value, start_date, created_by, group1, group2, group3, measure_id in measures:
+    for name, value, start_date, created_by, group1, group2, group3, measure_id, contributor, org in measures:
         if measure_id is not None:
-            if (name, measure_id) in seen:
+            if (name, org, measure_id) in seen:
                 continue
-            seen.add((name, measure_id))
+            seen.add((name, org, measure_id))
         # Name, start date and app recur across a batch: format them once.
         head = heads.get((name, start_date, created_by))
         if head is None:
@@ -344,8 +480,12 @@ def _copy_lines(measures: list[Measure], keyed: bool) -> list[str]:
                 f"{name.translate(_COPY_ESCAPES)}\t{start_date.isoformat()}\t"
                 f"{created_by.translate(_COPY_ESCAPES)}\t"
             )
-        line = f"{head}{value}\t{encode(group1)}\t{encode(group2)}\t{encode(group3)}"
-        lines.append(f"{line}\t{measure_id or NULL}\n" if keyed else f"{line}\n")
+        # bytea in COPY text: \x and hex digits, the backslash itself escaped.
+        who = NULL if contributor is None else "\\\\x" + contributor.hex()
+        line = f"{head}{value}\t{encode(group1)}\t{encode(group2)}\t{encode(group3)}\t{who}"
+        if keyed:
+            line = f"{line}\t{(org or '').translate(_COPY_ESCAPES)}\t{measure_id or NULL}"
+        lines.append(f"{line}\n")
     return lines
 
 

@@ -19,7 +19,7 @@ from paho.mqtt.properties import Properties
 
 from dacc.config import MqttConfig
 from dacc.db import db
-from dacc.errors import error_message
+from dacc.errors import Conflict, error_message
 from dacc.ingestion import MAX_BATCH, store_measures, validate_batch
 from dacc.logs import printable
 from dacc.models.messages import PAYLOAD_LIMIT, RejectedMessage
@@ -252,6 +252,11 @@ class Worker:
         """Write the batch in one transaction; the messages set aside."""
         try:
             return self._write(batch)
+        except Conflict as exc:
+            # A contributor over its maxContributionsPerCell: nothing was stored; find
+            # the message at fault one by one, as for a refused statement.
+            db.session.rollback()
+            error = exc.message
         except (sa.exc.DBAPIError, psycopg2.Error) as exc:
             _reset_session()
             if isinstance(exc, OUTAGE) or getattr(exc, "connection_invalidated", False):

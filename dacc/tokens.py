@@ -37,17 +37,26 @@ class TokenIdentity:
     id: int
     org: str
     scopes: frozenset[str]
+    app: str | None = None
+    """The one createdBy this token's measures may carry; None: any."""
 
 
-def create_token(org: str, *, label=None, scopes=DEFAULT_SCOPES, expires_in_days=None) -> tuple[ApiToken, str]:
-    """Store a new token for `org`; return it with its secret, which is never shown again."""
+def create_token(
+    org: str, *, label=None, scopes=DEFAULT_SCOPES, expires_in_days=None, app: str | None = None
+) -> tuple[ApiToken, str]:
+    """Store a new token for `org`; return it with its secret, which is never shown again.
+
+    `app`: bind the token to one app, whose slug its measures must carry as createdBy.
+    """
     _check_org(org)
     _check_label(label)
+    _check_app(app)
     scopes = _check_scopes(scopes)
     secret = _new_secret()
     token = ApiToken(
         org=org,
         label=label,
+        app=app,
         scopes=list(scopes),
         secret_hash=hash_secret(secret),
         prefix=secret[:DISPLAY_PREFIX_LENGTH],
@@ -129,7 +138,7 @@ def authenticate(secret: str) -> TokenIdentity:
         raise Unauthorized("this token was revoked")
     if token.expires_at is not None and token.expires_at <= datetime.now(timezone.utc):
         raise Unauthorized("this token has expired")
-    identity = TokenIdentity(token.id, token.org, frozenset(token.scopes))
+    identity = TokenIdentity(token.id, token.org, frozenset(token.scopes), token.app)
     db.session.execute(
         sa.update(ApiToken).where(ApiToken.id == token.id).values(last_used_at=sa.func.now())
     )
@@ -167,6 +176,11 @@ def _expiry(days) -> datetime | None:
 def _check_org(org: str) -> None:
     if not org or len(org) > 100:
         raise BadRequest("org: must be 1 to 100 characters")
+
+
+def _check_app(app) -> None:
+    if app is not None and (not app or len(app) > 100 or not app.isprintable()):
+        raise BadRequest("app: must be 1 to 100 printable characters (the app's createdBy slug)")
 
 
 def _check_label(label) -> None:

@@ -17,6 +17,7 @@ from dacc.embedded import create_database
 from dacc.migrations_runner import upgrade_to_head
 
 KEEP_TABLES = {"alembic_version"}
+CONTRIBUTOR_SECRET = "test-contributor-secret-0123456789abcdef"
 
 
 @pytest.fixture(scope="session")
@@ -40,7 +41,9 @@ def database_url(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def session_app(database_url):
-    app = create_app(Config(database_url=database_url, testing=True, source="tests"))
+    app = create_app(
+        Config(database_url=database_url, testing=True, source="tests", contributor_secret=CONTRIBUTOR_SECRET)
+    )
     with app.app_context():
         upgrade_to_head()
     return app

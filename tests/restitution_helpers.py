@@ -33,9 +33,10 @@ def put_aggregates(name: str, cells: dict, *, day: datetime = DAY, created_by: s
     db.session.execute(
         sa.text(
             "INSERT INTO aggregate (measure_name, start_date, created_by, group1, group2, group3,"
-            " count, count_not_zero, sum, sum_squares, min, max, avg, std)"
+            " count, count_not_zero, sum, sum_squares, min, max, avg, std,"
+            " contributors, largest_value, second_largest_value)"
             " SELECT :name, start_date, created_by, group1, group2, group3,"
-            " count, count, 2 * count, 4 * count, 2, 2, 2, 0"
+            " count, count, 2 * count, 4 * count, 2, 2, 2, 0, count, 2, 2"
             " FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS x(start_date timestamp,"
             " created_by text, count bigint, group1 jsonb, group2 jsonb, group3 jsonb)"
         ),

@@ -48,6 +48,8 @@ def test_validation_fills_the_defaults(app):
         "execution_frequency": "day", "aggregation_threshold": 5, "access_app": False,
         "access_public": False, "with_quartiles": False, "max_days_to_update_quartile": 100,
         "wildcard_groups": [], "raw_retention_days": None, "publish_delay_hours": 0,
+        # writers None: resolved at upsert ([org] when new, kept when stored).
+        "writers": None, "extremes": "k2", "p_percent": None, "max_contributions_per_cell": None,
     }
 
 
@@ -170,7 +172,8 @@ def test_remove_deletes_the_definition_and_everything_it_owns(app, make_definiti
         record_measure({"measureName": name, "value": 1, "startDate": "2022-01-01", "createdBy": "a",
                         "group1": {"g1": "x"}, "measureId": f"id-{count(RawMeasure)}"})
     cell = dict(start_date=datetime(2022, 1, 1), created_by="a", group1={"g1": "x"}, count=2,
-                count_not_zero=2, sum=2, sum_squares=2, min=1, max=1, avg=1.0, std=0.0)
+                count_not_zero=2, sum=2, sum_squares=2, min=1, max=1, avg=1.0, std=0.0,
+                contributors=2, largest_value=1, second_largest_value=1)
     db.session.add_all([
         Aggregate(measure_name="m", **cell),
         Aggregate(measure_name="other", **cell),

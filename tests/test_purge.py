@@ -68,9 +68,9 @@ def insert_cell(name, *, start_date, group1, created_by="app", count=1):
     cell_id = db.session.scalar(
         sa.text(
             "INSERT INTO aggregate (measure_name, start_date, created_by, group1, count,"
-            " count_not_zero, sum, sum_squares, min, max, avg, std)"
+            " count_not_zero, sum, sum_squares, min, max, avg, std, contributors, largest_value)"
             " VALUES (:name, :start_date, :created_by, CAST(:group1 AS jsonb), :count, :count,"
-            "         :count, :count, 1, 1, 1, 0)"
+            "         :count, :count, 1, 1, 1, 0, :count, 1)"
             " RETURNING id"
         ),
         {
@@ -303,9 +303,9 @@ def _cell2(name, day, group1, group2):
     cell_id = db.session.scalar(
         sa.text(
             "INSERT INTO aggregate (measure_name, start_date, created_by, group1, group2, count,"
-            " count_not_zero, sum, sum_squares, min, max, avg, std)"
+            " count_not_zero, sum, sum_squares, min, max, avg, std, contributors, largest_value)"
             " VALUES (:name, :day, 'app', CAST(:g1 AS jsonb), CAST(:g2 AS jsonb),"
-            "         1, 1, 1, 1, 1, 1, 1, 0) RETURNING id"
+            "         1, 1, 1, 1, 1, 1, 1, 0, 1, 1) RETURNING id"
         ),
         {"name": name, "day": day, "g1": json.dumps(group1), "g2": json.dumps(group2)},
     )

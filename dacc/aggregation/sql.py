@@ -51,12 +51,13 @@ WITH moved AS (
     WHERE {new_rows}
       AND ({purged})
     RETURNING r.measure_name, r.value, r.start_date, r.created_by,
-              r.group1, r.group2, r.group3, r.last_updated
+              r.group1, r.group2, r.group3, r.last_updated, r.contributor
 )
 INSERT INTO refused_raw_measure
-    (measure_name, value, start_date, created_by, group1, group2, group3, last_updated, reason)
+    (measure_name, value, start_date, created_by, group1, group2, group3, last_updated,
+     contributor, reason)
 SELECT measure_name, value, start_date, created_by, group1, group2, group3, last_updated,
-       :reason
+       contributor, :reason
 FROM moved
 """
 PURGED_CELL = """EXISTS (
@@ -74,19 +75,41 @@ STD = """CASE WHEN {n} > 1
          THEN sqrt(({n} * {ss} - {s} * {s}) / ({n} * ({n} - 1)))
          ELSE 0 END"""
 
-CELL_STATS = """date_trunc(:period, r.start_date) AS start_date, r.created_by,
-           {group1} AS group1, {group2} AS group2, {group3} AS group3,
+CELL_ROWS = """SELECT c.*, row_number() OVER (
+               PARTITION BY c.start_date, c.created_by, c.group1, c.group2, c.group3
+               ORDER BY c.value DESC) AS rank
+        FROM (
+            SELECT date_trunc(:period, r.start_date) AS start_date, r.created_by,
+                   {group1} AS group1, {group2} AS group2, {group3} AS group3,
+                   r.value, r.contributor
+            FROM raw_measure r
+            WHERE {rows}
+        ) c"""
+"""Raw rows `r` as rows of their cells, each ranked within its cell by value (largest
+first): the rank-2 value is the cell's second largest, exactly, without keeping the
+cell's values. MERGE and WILDCARD share it."""
+CELL_STATS = """r.start_date, r.created_by, r.group1, r.group2, r.group3,
            count(*) AS n,
            count(*) FILTER (WHERE r.value <> 0) AS n_not_zero,
            sum(r.value) AS s,
            sum(r.value * r.value) AS ss,
            min(r.value) AS lo,
-           max(r.value) AS hi"""
-"""The mergeable statistics of raw rows `r` grouped by cell: MERGE and WILDCARD share them."""
+           max(r.value) AS hi,
+           max(r.value) FILTER (WHERE r.rank = 2) AS hi2,
+           count(*) FILTER (WHERE r.contributor IS NULL) AS anonymous"""
+"""The mergeable statistics of CELL_ROWS `r` grouped by cell: MERGE and WILDCARD share
+them. `anonymous`: rows without a contributor, each its own contributor."""
 CELL_COLUMNS = """(measure_name, start_date, created_by, group1, group2, group3,
         count, count_not_zero, sum, sum_squares, min, max, avg, std,
-        median, first_quartile, third_quartile, last_updated)"""
+        median, first_quartile, third_quartile, last_updated,
+        contributors, largest_value, second_largest_value)"""
 """The aggregate columns MERGE and WILDCARD insert, in the order of their SELECT lists."""
+SAME_CELL = """c.start_date = f.start_date AND c.created_by = f.created_by
+        AND coalesce(c.group1, 'null') = coalesce(f.group1, 'null')
+        AND coalesce(c.group2, 'null') = coalesce(f.group2, 'null')
+        AND coalesce(c.group3, 'null') = coalesce(f.group3, 'null')"""
+"""Cell equality that a hash join can use (IS NOT DISTINCT FROM cannot): a group is an
+object or NULL, never the JSON null."""
 
 # Merge the new raw rows of one level into its cells: one INSERT ... SELECT ... GROUP BY
 # ... ON CONFLICT DO UPDATE. Cells keep exact sums (count, sum, sum of squares, extremes)
@@ -94,22 +117,42 @@ CELL_COLUMNS = """(measure_name, start_date, created_by, group1, group2, group3,
 # cells get median and quartiles from ALL their raw rows in the same statement
 # ({touched}, {quartiles_from}); when the measure had no cell at all, every row of every
 # cell is new and the GROUP BY computes them ({fresh_percentiles}) without a second read.
+# Contributors: each (cell, contributor) of the new rows goes into cell_contributor;
+# the unique index keeps those already counted out, and what it let in is the cell's
+# gain in distinct contributors (exact, whatever was purged: the hashes stay). The two
+# largest values merge as the two largest of {old two, new two}.
 # RETURNING (xmax = 0) tells inserted from updated.
 MERGE = (
     """
-WITH fresh AS (
+WITH new AS MATERIALIZED (
+        """
+    + CELL_ROWS
+    + """
+), added AS (
+    INSERT INTO cell_contributor (measure_name, start_date, created_by, group1, group2, group3, contributor)
+    SELECT DISTINCT :name, n.start_date, n.created_by, n.group1, n.group2, n.group3, n.contributor
+    FROM new n
+    WHERE n.contributor IS NOT NULL
+    ON CONFLICT DO NOTHING
+    RETURNING start_date, created_by, group1, group2, group3
+), gained AS (
+    SELECT start_date, created_by, group1, group2, group3, count(*) AS n
+    FROM added
+    GROUP BY 1, 2, 3, 4, 5
+), fresh AS (
     SELECT """
     + CELL_STATS
     + """{fresh_percentiles}
-    FROM raw_measure r
-    WHERE {new_rows}
+    FROM new r
     GROUP BY 1, 2, 3, 4, 5
 ){touched}, merged AS (
     INSERT INTO aggregate AS a """ + CELL_COLUMNS + """
     SELECT :name, f.start_date, f.created_by, f.group1, f.group2, f.group3,
            f.n, f.n_not_zero, f.s, f.ss, f.lo, f.hi, f.s / f.n, {std_new},
-           {quartiles}, now()
-    FROM fresh f{quartiles_from}
+           {quartiles}, now(),
+           f.anonymous + coalesce(c.n, 0), f.hi, f.hi2
+    FROM fresh f
+    LEFT JOIN gained c ON """ + SAME_CELL + """{quartiles_from}
     ON CONFLICT (measure_name, start_date, created_by, group1, group2, group3)
     DO UPDATE SET
         count = a.count + EXCLUDED.count,
@@ -123,7 +166,14 @@ WITH fresh AS (
         median = EXCLUDED.median,
         first_quartile = EXCLUDED.first_quartile,
         third_quartile = EXCLUDED.third_quartile,
-        last_updated = EXCLUDED.last_updated
+        last_updated = EXCLUDED.last_updated,
+        contributors = a.contributors + EXCLUDED.contributors,
+        largest_value = GREATEST(a.largest_value, EXCLUDED.largest_value),
+        -- Second of the union: the smaller of the two largest, or a runner-up if larger
+        -- (GREATEST ignores NULLs: a side of one value has no runner-up).
+        second_largest_value = GREATEST(
+            LEAST(a.largest_value, EXCLUDED.largest_value),
+            a.second_largest_value, EXCLUDED.second_largest_value)
     RETURNING a.xmax = 0 AS inserted
 )
 SELECT (SELECT coalesce(sum(n), 0) FROM fresh) AS raw_read,
@@ -254,6 +304,9 @@ DELETE_FROM_DATE = """
 WITH gone AS (
     DELETE FROM aggregate WHERE measure_name = :name AND start_date >= :aligned
     RETURNING last_raw_measures_purged
+), contributors_gone AS (
+    -- The rebuild counts the cells' contributors again from their raw rows.
+    DELETE FROM cell_contributor WHERE measure_name = :name AND start_date >= :aligned
 )
 SELECT count(*) AS deleted, count(last_raw_measures_purged) AS purged FROM gone
 """
@@ -279,22 +332,29 @@ WITH gone AS (
 )
 SELECT count(*) AS deleted, count(last_raw_measures_purged) AS purged FROM gone
 """
+# The window's cells, counted directly: contributors as distinct hashes plus the rows
+# without one. A windowed level is never merged into afterwards (declared levels are
+# refused), so it keeps no cell_contributor rows.
 WILDCARD = (
     """
 WITH cells AS (
     SELECT """
     + CELL_STATS
     + """,
+           count(DISTINCT r.contributor) AS named,
            {percentiles} AS p
-    FROM raw_measure r
-    WHERE r.measure_name = :name
-      AND r.last_updated >= :from_ts AND r.last_updated < :to_ts
+    FROM (
+        """
+    + CELL_ROWS
+    + """
+    ) r
     GROUP BY 1, 2, 3, 4, 5
 )
 INSERT INTO aggregate AS a """ + CELL_COLUMNS + """
 SELECT :name, c.start_date, c.created_by, c.group1, c.group2, c.group3,
        c.n, c.n_not_zero, c.s, c.ss, c.lo, c.hi, c.s / c.n, {std},
-       c.p[2], c.p[1], c.p[3], now()
+       c.p[2], c.p[1], c.p[3], now(),
+       c.anonymous + c.named, c.hi, c.hi2
 FROM cells c
 RETURNING a.start_date
 """
@@ -356,7 +416,7 @@ def merge(
         )
     return MERGE.format(
         **level_groups(starred),
-        new_rows=new_rows(rebuild=rebuild),
+        rows=new_rows(rebuild=rebuild),
         std_new=STD.format(n="f.n", s="f.s", ss="f.ss"),
         std_merged=STD.format(n=n, s=s, ss=ss),
         **quartile_parts,
@@ -399,6 +459,7 @@ def wildcard_level(starred: frozenset[str]) -> str:
 def wildcard(starred: frozenset[str], *, quartiles: bool) -> str:
     return WILDCARD.format(
         **level_groups(starred),
+        rows="r.measure_name = :name\n      AND r.last_updated >= :from_ts AND r.last_updated < :to_ts",
         percentiles=PERCENTILES if quartiles else WILDCARD_NO_PERCENTILES,
         std=STD.format(n="c.n", s="c.s", ss="c.ss"),
     )

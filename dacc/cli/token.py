@@ -21,13 +21,15 @@ token_group = AppGroup("token", help="Manage API tokens (secrets are shown once)
     help="Repeat for several; default: measure:write and aggregate:read.",
 )
 @click.option("--expires-in", type=click.IntRange(min=1), metavar="DAYS", help="Lifetime in days.")
+@click.option("--app", metavar="SLUG", help="Bind the token to one app: its measures must carry createdBy SLUG.")
 @cli_errors
-def create_command(org, label, scopes, expires_in):
+def create_command(org, label, scopes, expires_in, app):
     """Create a token for ORG and print its secret (last line, shown once)."""
     token, secret = tokens.create_token(
-        org, label=label, scopes=scopes or tokens.DEFAULT_SCOPES, expires_in_days=expires_in
+        org, label=label, scopes=scopes or tokens.DEFAULT_SCOPES, expires_in_days=expires_in, app=app
     )
-    click.echo(f"created token {token.id} for org {org} ({', '.join(token.scopes)})", err=True)
+    bound = f", app {app}" if app else ""
+    click.echo(f"created token {token.id} for org {org} ({', '.join(token.scopes)}{bound})", err=True)
     click.echo("store this secret now, it will not be shown again:", err=True)
     click.echo(secret)
 
@@ -40,13 +42,14 @@ def get_command(org):
     rows = tokens.list_tokens(org)
     if not rows:
         raise click.ClickException(f"no token for org '{org}'")
-    header = ("id", "label", "prefix", "scopes", "created", "last used", "expires", "revoked")
+    header = ("id", "label", "prefix", "scopes", "app", "created", "last used", "expires", "revoked")
     table = [
         (
             str(t.id),
             t.label or "-",
             t.prefix + "…",
             ",".join(t.scopes),
+            t.app or "-",
             _when(t.created_at),
             _when(t.last_used_at),
             _when(t.expires_at),

@@ -1,6 +1,7 @@
 """All models, imported so that Alembic sees every table."""
 
 from dacc.models.aggregates import Aggregate, AggregationState
+from dacc.models.contributors import CellContributor, ContributorQuota
 from dacc.models.definitions import MeasureDefinition
 from dacc.models.messages import RejectedMessage
 from dacc.models.measures import MeasureKey, RawMeasure, RefusedRawMeasure
@@ -18,6 +19,8 @@ __all__ = [
     "Aggregate",
     "AggregationState",
     "ApiToken",
+    "CellContributor",
+    "ContributorQuota",
     "JobRunStat",
     "MeasureDefinition",
     "MeasureKey",

@@ -59,6 +59,16 @@ class Aggregate(db.Model):
     median: Mapped[float | None] = mapped_column(sa.Float)
     first_quartile: Mapped[float | None] = mapped_column(sa.Float)
     third_quartile: Mapped[float | None] = mapped_column(sa.Float)
+    contributors: Mapped[int] = mapped_column(sa.BigInteger)
+    """Distinct contributors of the cell (a measure without one is its own): equals
+    `count` when nobody sent the field. Exact after a purge (kept by the merge from
+    cell_contributor). Never served; the publisher's k is counted in it."""
+    largest_value: Mapped[Decimal] = mapped_column(VALUE_TYPE)
+    """The largest value (= max), kept for the dominance rule; never served."""
+    second_largest_value: Mapped[Decimal | None] = mapped_column(VALUE_TYPE)
+    """The second largest value (a tie counts twice); None for a single value. Cells
+    merged before migration 0007 hold largest_value here, an upper bound (the dominance
+    rule then errs on the sensitive side). Never served."""
     last_updated: Mapped[datetime] = mapped_column(
         sa.DateTime(timezone=True), server_default=sa.func.now()
     )

@@ -53,6 +53,9 @@ class RawMeasure(db.Model):
         sa.DateTime(timezone=True), server_default=sa.func.now()
     )
     txid: Mapped[int] = mapped_column(sa.BigInteger, server_default=CURRENT_XID)
+    contributor: Mapped[bytes | None] = mapped_column(sa.LargeBinary(32))
+    """HMAC-SHA256 of the writer's org and the client's pseudonym (dacc.contributors);
+    None: the measure is its own contributor."""
 
 
 class RefusedRawMeasure(db.Model):
@@ -70,6 +73,7 @@ class RefusedRawMeasure(db.Model):
     group2: Mapped[dict | None] = mapped_column(JSONB(none_as_null=True))
     group3: Mapped[dict | None] = mapped_column(JSONB(none_as_null=True))
     last_updated: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    contributor: Mapped[bytes | None] = mapped_column(sa.LargeBinary(32))
     refused_at: Mapped[datetime] = mapped_column(
         sa.DateTime(timezone=True), server_default=sa.func.now()
     )
@@ -80,12 +84,15 @@ class MeasureKey(db.Model):
     """Client-chosen `measureId` of a stored measure: the idempotency tombstone.
 
     Kept apart from raw_measure so that it survives the purge of the raw row at a
-    fraction of its size; the primary key makes concurrent duplicates impossible.
+    fraction of its size; the primary key makes concurrent duplicates impossible. Scoped
+    to the writer's org: another org can neither learn that an id exists nor take it.
     """
 
     __tablename__ = "measure_key"
 
     measure_name: Mapped[str] = mapped_column(sa.String(NAME_LENGTH), primary_key=True)
+    org: Mapped[str] = mapped_column(sa.String(KEY_LENGTH), primary_key=True, server_default="")
+    """The writer's org ("" for a caller without one, e.g. an admin import)."""
     measure_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(
         sa.DateTime(timezone=True), server_default=sa.func.now()

@@ -22,6 +22,8 @@ class ApiToken(db.Model):
     """SHA-256 of the secret, hex. The secret has 256 random bits: no slow KDF needed."""
     prefix: Mapped[str] = mapped_column(sa.String(16))
     """First characters of the secret, to recognise it in listings."""
+    app: Mapped[str | None] = mapped_column(sa.String(KEY_LENGTH))
+    """When set, the token may only send measures whose createdBy is this app."""
     created_at: Mapped[datetime] = mapped_column(
         sa.DateTime(timezone=True), server_default=sa.func.now()
     )
