@@ -4,9 +4,9 @@ from flask import Flask
 
 
 def register_blueprints(app: Flask, *, bench: bool = False, metrics: str = "token") -> None:
-    from dacc.api import aggregates, measures, status, whoami
+    from dacc.api import aggregates, docs, measures, status, whoami
 
-    for module in (status, whoami, measures, aggregates):
+    for module in (status, whoami, measures, aggregates, docs):
         app.register_blueprint(module.bp)
     if metrics != "off":
         from dacc.api import metrics as metrics_api
