@@ -17,6 +17,7 @@ __version__ = (Path(__file__).resolve().parent / "VERSION").read_text(encoding="
 """DACC's version: dacc/VERSION is its one source (setup.cfg reads it too)."""
 
 MIGRATIONS_DIR = str(Path(__file__).resolve().parent.parent / "migrations")
+POOL_TIMEOUT_SECONDS = 2
 MAX_BODY_BYTES = 16 * 1024 * 1024
 """Largest body any endpoint accepts (bulk); /measure has its own, smaller limit."""
 
@@ -39,9 +40,10 @@ def create_app(config: Config | None = None) -> Flask:
     _register_errors(app)
     _register_request_log(app)
     _register_request_metrics(app, config)
+    _register_deadlines(app)
     _register_commands(app)
     if config.embedded:
-        _migrate_embedded(app)
+        _migrate_embedded(app, config)
     return app
 
 
@@ -77,9 +79,17 @@ def _register_request_metrics(app: Flask, config: Config) -> None:
 
 def _configure_database(app: Flask, config: Config) -> None:
     from dacc.db import db, migrate
-    from dacc.embedded import start_embedded
+    from dacc.deadlines import watch_engine
+    from dacc.embedded import start_embedded, stopped_on_purpose, stopped_url
 
-    url = config.database_url or start_embedded(config.data_dir, stop_at_exit=config.testing)
+    if config.embedded and stopped_on_purpose(config.data_dir):
+        # `flask embedded stop`: neither the server nor any command starts it again
+        # behind the admin's back; requests answer 503 until `flask embedded start`.
+        url = stopped_url(config.data_dir)
+        log.warning("embedded PostgreSQL in %s stopped on purpose: not started"
+                    " (`flask embedded start` starts it)", config.data_dir)
+    else:
+        url = config.database_url or start_embedded(config.data_dir, stop_at_exit=config.testing)
     where = f"embedded PostgreSQL in {config.data_dir}" if config.embedded else redact_url(url)
     # Said at each server start; every CLI command (even --help) would repeat it: debug.
     in_cli = click.get_current_context(silent=True) is not None
@@ -92,13 +102,29 @@ def _configure_database(app: Flask, config: Config) -> None:
         "pool_pre_ping": False,
         "pool_size": 10,
         "max_overflow": 10,
+        # A request waits at most this long for a free connection (503 after).
+        "pool_timeout": POOL_TIMEOUT_SECONDS,
         "connect_args": {
-            "connect_timeout": 3,
-            "options": f"-c statement_timeout={config.statement_timeout_ms}",
+            # libpq's whole connection set-up, TCP or unix socket (2 is its minimum).
+            "connect_timeout": 2,
+            # TCP only (libpq ignores them on unix sockets): a partitioned server is
+            # noticed by an idle connection within ~9 s, by a busy one within 5 s.
+            "keepalives": 1,
+            "keepalives_idle": 5,
+            "keepalives_interval": 2,
+            "keepalives_count": 2,
+            "tcp_user_timeout": 5000,
+            # client_connection_check_interval: a backend whose client died (a job
+            # killed with -9) notices within a second, even mid-statement, and ends,
+            # releasing its locks (advisory ones included).
+            "options": f"-c statement_timeout={config.statement_timeout_ms}"
+            " -c client_connection_check_interval=1000",
             "application_name": "dacc",
         },
     }
     db.init_app(app)
+    with app.app_context():
+        watch_engine(db.engine)
     migrate.init_app(app, db, directory=MIGRATIONS_DIR, compare_type=True)
     import dacc.models  # noqa: F401  (register the tables with the metadata)
 
@@ -121,15 +147,25 @@ def _register_errors(app: Flask) -> None:
     register_error_handlers(app)
 
 
+def _register_deadlines(app: Flask) -> None:
+    from dacc.deadlines import start_request_deadline
+
+    # Every request bounds its waits for PostgreSQL (see dacc.deadlines).
+    app.before_request(start_request_deadline)
+
+
 def _register_commands(app: Flask) -> None:
     from dacc.cli import register_commands
 
     register_commands(app)
 
 
-def _migrate_embedded(app: Flask) -> None:
+def _migrate_embedded(app: Flask, config: Config) -> None:
     """Bring the embedded database to the newest schema, once per start."""
+    from dacc.embedded import stopped_on_purpose
     from dacc.migrations_runner import upgrade_to_head
 
+    if stopped_on_purpose(config.data_dir):
+        return
     with app.app_context():
         upgrade_to_head()

@@ -2,8 +2,10 @@
 
 import logging
 
+import psycopg2
 from flask import jsonify
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -99,10 +101,16 @@ def register_error_handlers(app):
         return response
 
     @app.errorhandler(OperationalError)
-    def handle_database_unavailable(exc: OperationalError):
-        """The database is away or the connection broke: the client may retry later."""
+    @app.errorhandler(PoolTimeout)
+    # The driver's own, from the few calls that use its connection directly (COPY).
+    @app.errorhandler(psycopg2.OperationalError)
+    @app.errorhandler(psycopg2.InterfaceError)
+    def handle_database_unavailable(exc: Exception):
+        """The database is away, the connection broke, or every pooled connection stayed
+        busy past the checkout timeout: the client may retry later."""
         log.warning("database unavailable on %s: %s", _request_line(), error_message(exc))
         _rollback_quietly()
+        notice_database_error()
         response = jsonify({"error": "database unavailable, retry later"})
         response.status_code = 503
         response.headers["Retry-After"] = "5"
@@ -123,6 +131,17 @@ def register_error_handlers(app):
         response = jsonify({"error": "internal server error"})
         response.status_code = 500
         return response
+
+
+def notice_database_error() -> None:
+    """A request found the database away: in embedded mode, restart it if it is gone."""
+    from flask import current_app
+
+    from dacc.embedded import revive_if_gone
+
+    config = current_app.config["DACC"]
+    if config.embedded:
+        revive_if_gone(config.data_dir)
 
 
 def _rollback_quietly() -> None:

@@ -134,3 +134,123 @@ def _drop_database(admin_uri: str, name: str) -> None:
     with conn.cursor() as cur:
         cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
     conn.close()
+
+
+# --- a real served process on its own PostgreSQL ------------------------------------
+
+
+class Served:
+    """gunicorn serving the app on a free loopback port, on a PostgreSQL of its own
+    (so that a test may freeze or stop it), with a definition "m" and a token."""
+
+    def __init__(self, folder, gunicorn_options):
+        import pgserver
+
+        self.folder = folder
+        self.pg = pgserver.get_server(folder / "pg", cleanup_mode="stop")
+        create_database(self.pg.get_uri("postgres"), "served")
+        self.database_url = normalise_database_url(self.pg.get_uri("served"))
+        app = create_app(Config(database_url=self.database_url, testing=True, source="tests"))
+        with app.app_context():
+            upgrade_to_head()
+            from dacc.models import MeasureDefinition
+            from dacc.tokens import create_token
+
+            db.session.add(
+                MeasureDefinition(name="m", org="org", group1_key="g1", aggregation_period="day",
+                                  execution_frequency="day", aggregation_threshold=1)
+            )
+            db.session.commit()
+            self.secret = create_token("org")[1]
+            db.engine.dispose()
+        self.log_path = folder / "gunicorn.log"
+        self.options = list(gunicorn_options)
+        self.process = None
+        self.start()
+
+    def start(self):
+        import socket
+        import subprocess
+        import sys
+
+        listener = socket.create_server(("127.0.0.1", 0))
+        self.port = listener.getsockname()[1]
+        listener.close()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DACC_")}
+        env["DATABASE_URL"] = self.database_url
+        command = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}",
+                   *self.options, "dacc:create_app()"]
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(command, env=env, cwd=self.folder, stdout=log,
+                                        stderr=subprocess.STDOUT)
+        log.close()
+        self.wait_ready()
+
+    def wait_ready(self, timeout=30.0):
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.log_path.read_text()[-3000:]
+            try:
+                if self.request("GET", "/status", timeout=2)[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError("the served app did not answer /status in time")
+
+    def request(self, method, path, body=None, *, headers=None, token=True, timeout=10):
+        """(status, headers, parsed JSON or raw bytes) of one request on a new connection."""
+        import http.client
+        import json
+
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            sent = dict(headers or {})
+            if token:
+                sent.setdefault("Authorization", f"Bearer {self.secret}")
+            if body is not None and not isinstance(body, bytes):
+                body = json.dumps(body).encode()
+                sent.setdefault("Content-Type", "application/json")
+            conn.request(method, path, body=body, headers=sent)
+            response = conn.getresponse()
+            data = response.read()
+            try:
+                data = json.loads(data)
+            except ValueError:
+                pass
+            return response.status, dict(response.getheaders()), data
+        finally:
+            conn.close()
+
+    def postgres_processes(self):
+        import psutil
+
+        postmaster = psutil.Process(self.pg.get_pid())
+        return [postmaster, *postmaster.children(recursive=True)]
+
+    def stop(self):
+        import signal
+
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=15)
+            except Exception:
+                self.process.kill()
+                self.process.wait()
+
+    def close(self):
+        self.stop()
+        self.pg.cleanup()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A Served app with the README's serving options."""
+    from dacc.serving import GUNICORN_OPTIONS
+
+    stack = Served(tmp_path_factory.mktemp("served"), GUNICORN_OPTIONS)
+    yield stack
+    stack.close()

@@ -3,6 +3,7 @@
 from flask import Blueprint, jsonify
 
 from dacc import __version__
+from dacc.deadlines import STATUS_SECONDS, start_request_deadline
 from dacc.status import check_database
 
 bp = Blueprint("status", __name__)
@@ -10,6 +11,7 @@ bp = Blueprint("status", __name__)
 
 @bp.get("/status")
 def status():
+    start_request_deadline(STATUS_SECONDS)
     db_status = check_database()
     ok = db_status["status"] == "ok"
     body = {"db": db_status, "global_status": "ok" if ok else "ko", "version": __version__}

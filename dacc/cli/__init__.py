@@ -4,9 +4,9 @@ from flask import Flask
 
 
 def register_commands(app: Flask) -> None:
-    from dacc.cli import aggregation, definitions, ingest, jobs, privacy, purge, token, view
+    from dacc.cli import aggregation, definitions, embedded, ingest, jobs, privacy, purge, token, view
 
-    for module in (token, definitions, aggregation, view, purge, jobs, ingest, privacy):
+    for module in (token, definitions, aggregation, view, purge, jobs, ingest, privacy, embedded):
         for command in module.COMMANDS:
             app.cli.add_command(command)
 

@@ -101,3 +101,42 @@ def test_run_killed_mid_transaction_leaves_nothing_and_the_next_run_is_exact(app
     assert result.raw_read == 6000
     assert_cells_equal(aggregate_cells("m", {}), expected_cells(definition))
     assert_cells_equal(aggregate_cells("m", {"group2": "g2"}), expected_cells(definition, frozenset({"group2"})))
+
+
+def test_a_killed_run_releases_its_lock_within_seconds_and_a_rerun_proceeds(app, make_definition):
+    """The killed run's backend waits on a row lock that is NOT released: without
+    client_connection_check_interval it would keep the measure's lock for as long."""
+    import time
+
+    from tests.aggregation.helpers import wait_backend_gone
+
+    definition = make_definition("m", group2_key="g2")
+    insert_raw("m", _batch(3, 500))
+    compute_aggregation("m", force=True)
+    insert_raw("m", _batch(4, 500))
+    holder = psycopg2.connect(database_url())
+    try:
+        with holder.cursor() as cur:
+            cur.execute(LOCKS["in_the_middle_of_the_merge"])
+        run = subprocess.Popen(
+            [sys.executable, "-c", RUN, database_url("postgresql+psycopg2"), "m"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            backend = blocked_pid(holder)
+            os.kill(run.pid, signal.SIGKILL)
+            assert run.wait(10) == -signal.SIGKILL
+            killed_at = time.monotonic()
+            wait_backend_gone(backend, timeout=5)
+            assert time.monotonic() - killed_at < 5
+        finally:
+            if run.poll() is None:
+                run.kill()
+    finally:
+        holder.rollback()
+        holder.close()
+    result = compute_aggregation("m", force=True)
+    assert not result.skipped
+    assert result.raw_read == 500
+    assert_cells_equal(aggregate_cells("m", {}), expected_cells(definition))
