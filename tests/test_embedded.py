@@ -30,10 +30,22 @@ def embedded_server(tmp_path):
     )  # fmt: skip
     try:
         assert _wait_status(port, 200, 60, process), (tmp_path / "gunicorn.log").read_text()[-2000:]
+        # Every worker past its start (a worker that loses its database while it
+        # migrates fails to boot, and gunicorn stops).
+        workers = int(GUNICORN_OPTIONS[GUNICORN_OPTIONS.index("--workers") + 1])
+        deadline = time.monotonic() + 30
+        while (tmp_path / "gunicorn.log").read_text().count("database: embedded") < workers:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        time.sleep(1.5)
         yield tmp_path, port, env
     finally:
         process.send_signal(signal.SIGINT)
-        process.wait(15)
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
         log.close()
         (tmp_path / "pgdata" / STOPPED_MARKER).unlink(missing_ok=True)
         if is_running(tmp_path / "pgdata"):
