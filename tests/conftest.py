@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import uuid
 
 import psycopg2
@@ -224,15 +225,29 @@ class Served:
         finally:
             conn.close()
 
-    def postgres_processes(self):
+    def freeze(self):
+        """SIGSTOP every PostgreSQL process; returns them, for thaw()."""
         import psutil
 
         postmaster = psutil.Process(self.pg.get_pid())
-        return [postmaster, *postmaster.children(recursive=True)]
+        processes = [postmaster, *postmaster.children(recursive=True)]
+        self._signal(processes, signal.SIGSTOP)
+        return processes
+
+    def thaw(self, processes):
+        self._signal(processes, signal.SIGCONT)
+
+    @staticmethod
+    def _signal(processes, signum):
+        import psutil
+
+        for process in processes:
+            try:
+                process.send_signal(signum)
+            except psutil.NoSuchProcess:  # a backend that ended meanwhile
+                pass
 
     def stop(self):
-        import signal
-
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
             try:

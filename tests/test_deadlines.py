@@ -1,7 +1,6 @@
 """A frozen PostgreSQL (processes stopped, as a partition or a stuck disk looks) against
 a real served process: every request answers 503 JSON in time, and it recovers."""
 
-import signal
 import threading
 import time
 
@@ -15,14 +14,11 @@ AGGREGATE = "/aggregate?measureName=m&startDate=2024-01-01&endDate=2024-02-01"
 def frozen(served):
     """Stop every PostgreSQL process of the served app; start them again after."""
     assert served.request("POST", "/measure", MEASURE)[0] == 201  # pooled connections exist
-    processes = served.postgres_processes()
-    for process in processes:
-        process.send_signal(signal.SIGSTOP)
+    processes = served.freeze()
     try:
         yield served
     finally:
-        for process in processes:
-            process.send_signal(signal.SIGCONT)
+        served.thaw(processes)
 
 
 def _timed(served, method, path, body=None, headers=None):
@@ -69,14 +65,11 @@ def test_requests_answer_503_json_in_time_while_the_database_is_frozen(frozen):
 
 def test_the_served_app_recovers_without_restart_once_the_database_thaws(served):
     pid = served.process.pid
-    processes = served.postgres_processes()
-    for process in processes:
-        process.send_signal(signal.SIGSTOP)
+    processes = served.freeze()
     try:
         assert _timed(served, "GET", "/status")[1] == 503
     finally:
-        for process in processes:
-            process.send_signal(signal.SIGCONT)
+        served.thaw(processes)
     deadline = time.monotonic() + 10
     answers = []
     while time.monotonic() < deadline:
