@@ -1,6 +1,7 @@
 """Schema upgrades run by the app itself (embedded database, tests)."""
 
 import logging
+import time
 
 import sqlalchemy as sa
 from alembic import command
@@ -57,8 +58,12 @@ def upgrade_to_head() -> bool:
     with db.engine.connect() as conn:
         if MigrationContext.configure(conn).get_current_revision() == head:
             return False
-    with db.engine.connect() as conn:
-        conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK})
+    # Autocommit, and polling instead of waiting in pg_advisory_lock: a process waiting
+    # inside a statement holds a snapshot, which a CREATE INDEX CONCURRENTLY run by the
+    # migrating process would wait for (both stuck until statement_timeout).
+    with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        while not conn.execute(sa.text("SELECT pg_try_advisory_lock(:key)"), {"key": MIGRATION_LOCK}).scalar():
+            time.sleep(0.2)
         try:
             log.info("migrating the database to %s", head)
             command.upgrade(alembic_config, "head")
