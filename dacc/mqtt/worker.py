@@ -1,10 +1,10 @@
-"""`flask ingest mqtt`: drain a broker into raw measures, in batches, losing nothing."""
+"""The `flask ingest mqtt` worker: one thread gathers and validates batches, another
+commits them and then acknowledges their messages to the broker."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 import queue
 import threading
@@ -14,17 +14,25 @@ from datetime import datetime, timezone
 import paho.mqtt.client as paho
 import psycopg2
 import sqlalchemy as sa
+from flask import current_app
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from dacc.config import MqttConfig
 from dacc.db import db
 from dacc.errors import Conflict, error_message
-from dacc.ingestion import MAX_BATCH, store_measures, validate_batch
-from dacc.logs import printable
-from dacc.models.messages import PAYLOAD_LIMIT, RejectedMessage
+from dacc.ingestion import store_measures
+from dacc.models.messages import RejectedMessage
+from dacc.mqtt.messages import (
+    Message,
+    log_reject,
+    prepare_message,
+    reject_event,
+    reject_row,
+    validate_messages,
+)
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("dacc.mqtt")
 
 PROGRESS_SECONDS = 10.0
 KEEPALIVE_SECONDS = 30
@@ -38,24 +46,6 @@ its errors arrive as psycopg2's own.)"""
 RECEIVE_MAXIMUM = 65535
 """Unacknowledged messages the broker may send (MQTT 5's largest): acks wait for the
 commit of their batch, so the window must hold more than a batch."""
-
-
-@dataclasses.dataclass(slots=True)
-class Message:
-    """A message received and not yet acknowledged."""
-
-    topic: str
-    payload: bytes
-    mid: int
-    qos: int
-    org: str | None
-    received_at: datetime
-    connection: int
-    """The connection it came on: its packet id means nothing on another one."""
-    items: list | None = None
-    array: bool = False
-    """The payload was an array (else one measure object)."""
-    error: str | None = None
 
 
 @dataclasses.dataclass
@@ -93,6 +83,8 @@ class Worker:
         """Messages of connections below this one come again (the session was resumed)."""
         self._states: dict[str, str] = {}
         self._disconnected = threading.Event()
+        self._batches: queue.Queue[_Batch | None] = queue.Queue(maxsize=1)
+        self._writer_error: BaseException | None = None
         self._org = functools.lru_cache(maxsize=4096)(self._match_org)
         self.client = self._make_client()
 
@@ -178,15 +170,23 @@ class Worker:
         self.client.connect_async(config.host, config.port, keepalive=KEEPALIVE_SECONDS,
                                   clean_start=False, properties=properties)  # fmt: skip
         self.client.loop_start()  # connects, and reconnects with backoff
+        writer = threading.Thread(target=self._write_batches, args=(current_app._get_current_object(),),
+                                  name="dacc-mqtt-writer", daemon=True)  # fmt: skip
+        writer.start()
         try:
-            self._consume()
+            self._consume(writer)
         finally:
+            self._batches.put(None)
+            writer.join()
             self.client.disconnect()
             self._disconnected.wait(5)  # the acks go out before the DISCONNECT
             self.client.loop_stop()
+        if self._writer_error is not None:
+            raise self._writer_error
         return self.counters
 
-    def _consume(self) -> None:
+    def _consume(self, writer: threading.Thread) -> None:
+        """Gather batches and validate them; the writer thread stores them meanwhile."""
         interval = self.config.save_interval_ms / 1000
         batch: list[Message] = []
         size, deadline = 0, 0.0
@@ -201,9 +201,9 @@ class Worker:
                 if not batch:
                     deadline = time.monotonic() + interval
                 batch.append(message)
-                size += _prepare(message)
+                size += prepare_message(message)
             if batch and (size >= self.config.batch_max_size or time.monotonic() >= deadline):
-                self._flush(batch)
+                self._hand_over(batch, writer)
                 batch, size = [], 0
             progress.tick()
         # Stopping: what has been received is stored and acknowledged; what arrives
@@ -214,44 +214,88 @@ class Worker:
             except queue.Empty:
                 break
             batch.append(message)
-            _prepare(message)
+            prepare_message(message)
         if batch:
-            self._flush(batch)
+            self._hand_over(batch, writer)
         progress.tick(force=True)
 
-    def _flush(self, batch: list[Message]) -> None:
+    def _hand_over(self, messages: list[Message], writer: threading.Thread) -> None:
+        batch = _Batch(messages, self._prevalidate(messages))
+        # At most one batch waits for the writer: while the database is away, the
+        # worker stops taking messages, which stay unacknowledged at the broker.
+        while True:
+            try:
+                self._batches.put(batch, timeout=0.5)
+                return
+            except queue.Full:
+                if not writer.is_alive():
+                    return  # run() raises the writer's error
+
+    def _prevalidate(self, messages: list[Message]) -> list | None:
+        """The measures of the batch, validated in this thread while the writer is busy;
+        None when a definition could not be read (the writer validates again)."""
+        try:
+            return validate_messages(self._live(messages))
+        except (sa.exc.DBAPIError, psycopg2.Error):
+            return None
+        finally:
+            try:
+                db.session.rollback()  # no transaction left open by definition lookups
+            except Exception:
+                _reset_session()
+
+    def _live(self, messages: list[Message]) -> list[Message]:
+        """Without the messages of a resumed session's earlier connections: the broker
+        sends those again, and storing them too would count them twice."""
+        return [m for m in messages if m.connection >= self._redelivered_below]
+
+    # --- the writer thread -----------------------------------------------------------
+
+    def _write_batches(self, app) -> None:
+        try:
+            with app.app_context():
+                while True:
+                    batch = self._batches.get()
+                    if batch is None:
+                        return
+                    self._flush(batch)
+        except BaseException as exc:  # raised again by run(), in the caller's thread
+            self._writer_error = exc
+            self.stop.set()
+
+    def _flush(self, batch: _Batch) -> None:
         """Commit the batch, retrying while the database is away, then acknowledge it."""
         delay = 1.0
         while True:
-            # The broker redelivers the messages of a resumed session's earlier
-            # connections: storing them too would count them twice.
-            batch = [m for m in batch if m.connection >= self._redelivered_below]
+            messages = self._live(batch.messages)
+            if len(messages) != len(batch.messages):
+                batch = _Batch(messages, None)
             try:
-                rejected = self._store(batch)
+                rejected = self._store(batch.messages, batch.measures)
                 break
             except OUTAGE as exc:
                 self._state("database", f"database unavailable ({_db_error(exc)}); consumption paused")
                 if self.stop.wait(delay):
                     log.warning("mqtt: stopped while the database is unavailable: %d message(s) left"
-                                " unacknowledged, the broker will send them again", len(batch))  # fmt: skip
+                                " unacknowledged, the broker will send them again", len(messages))  # fmt: skip
                     return
                 delay = min(delay * 2, RETRY_MAX_SECONDS)
         if "database" in self._states:
             self._state("database", "database available again; consumption resumed")
         for message in rejected:
-            _log_reject(message)
+            log_reject(message)
             if self.config.rejected_topic:
-                self.client.publish(self.config.rejected_topic, _reject_event(message), qos=1)
-        for message in batch:
+                self.client.publish(self.config.rejected_topic, reject_event(message), qos=1)
+        for message in batch.messages:
             # Only on the connection it came on; one from an earlier connection whose
             # session was not resumed is stored but cannot be acknowledged any more.
             if message.connection == self._connection:
                 self.client.ack(message.mid, message.qos)
 
-    def _store(self, batch: list[Message]) -> list[Message]:
-        """Write the batch in one transaction; the messages set aside."""
+    def _store(self, messages: list[Message], measures: list | None) -> list[Message]:
+        """Write the messages in one transaction; the ones set aside."""
         try:
-            return self._write(batch)
+            return self._write(messages, measures)
         except Conflict as exc:
             # A contributor over its maxContributionsPerCell: nothing was stored; find
             # the message at fault one by one, as for a refused statement.
@@ -264,23 +308,18 @@ class Worker:
             error = f"database refused it: {_db_error(exc)}"
         # A statement failed on some content that validation let through: find the
         # message at fault by writing them one by one, so that the others are stored.
-        if len(batch) == 1:
-            batch[0].error = error
-            return self._write(batch)
-        log.warning("mqtt: a batch of %d messages failed (%s); writing them one by one", len(batch), error)
-        return [rejected for message in batch for rejected in self._store([message])]
+        if len(messages) == 1:
+            messages[0].error = error
+            return self._write(messages, [])
+        log.warning("mqtt: a batch of %d messages failed (%s); writing them one by one", len(messages), error)
+        return [rejected for message in messages for rejected in self._store([message], None)]
 
-    def _write(self, batch: list[Message]) -> list[Message]:
-        measures = []
-        by_org: dict[str, list[Message]] = {}
-        for message in batch:
-            if message.error is None:
-                by_org.setdefault(message.org, []).append(message)
-        for org, messages in by_org.items():
-            measures += _validate(messages, org)
-        rejected = [m for m in batch if m.error is not None]
+    def _write(self, messages: list[Message], measures: list | None) -> list[Message]:
+        if measures is None:
+            measures = validate_messages(messages)
+        rejected = [m for m in messages if m.error is not None]
         if rejected:
-            db.session.execute(sa.insert(RejectedMessage), [_reject_row(m) for m in rejected])
+            db.session.execute(sa.insert(RejectedMessage), [reject_row(m) for m in rejected])
         result = store_measures(measures)  # commits, when it has measures to write
         db.session.commit()
         counters = self.counters
@@ -289,6 +328,13 @@ class Worker:
         counters.rejected += len(rejected)
         counters.batches += 1
         return rejected
+
+
+@dataclasses.dataclass
+class _Batch:
+    messages: list[Message]
+    measures: list | None
+    """Validated already, or None: the writer validates."""
 
 
 def _reset_session() -> None:
@@ -307,87 +353,6 @@ def _db_error(exc: Exception) -> str:
         lines = str(exc).strip().splitlines()
         return lines[0] if lines else type(exc).__name__
     return error_message(exc)
-
-
-def _prepare(message: Message) -> int:
-    """Parse the payload (sets items, or error); the number of measures it holds."""
-    if message.org is None:
-        message.error = "topic: matches no configured subscription"
-        return 1
-    try:
-        body = json.loads(message.payload)
-    except UnicodeDecodeError:
-        message.error = "payload: not UTF-8 text"
-        return 1
-    except (ValueError, RecursionError) as exc:
-        message.error = f"payload: not valid JSON ({exc})"
-        return 1
-    if type(body) is not list:
-        message.items = [body]
-        return 1
-    if len(body) > MAX_BATCH:
-        message.error = f"payload: at most {MAX_BATCH} measures per message, got {len(body)}"
-        return 1
-    message.items, message.array = body, True
-    return max(1, len(body))
-
-
-def _validate(messages: list[Message], org: str) -> list:
-    """The measures of the messages whose every item is valid; marks the others.
-
-    A message is all or nothing, as a POST /measures body: resent after a fix, it is
-    stored once."""
-    items = [item for m in messages for item in m.items]
-    measures, rejects = validate_batch(items, org=org)
-    if not rejects:
-        return measures
-    owner_of = [owner for owner, m in enumerate(messages) for _ in m.items]
-    starts: dict[int, int] = {}
-    for index, owner in enumerate(owner_of):
-        starts.setdefault(owner, index)
-    faults: dict[int, list] = {}
-    for reject in rejects:
-        faults.setdefault(owner_of[reject.index], []).append(reject)
-    for owner, found in faults.items():
-        message, first = messages[owner], found[0]
-        if not message.array:
-            message.error = first.error
-        else:
-            more = f" (and {len(found) - 1} more invalid item(s))" if len(found) > 1 else ""
-            message.error = f"item {first.index - starts[owner]}: {first.error}{more}"
-    # The valid items, in order, are the measures; keep those of whole messages.
-    rejected_indexes = {r.index for r in rejects}
-    valid = (i for i in range(len(items)) if i not in rejected_indexes)
-    return [measure for i, measure in zip(valid, measures) if owner_of[i] not in faults]
-
-
-def _log_reject(message: Message) -> None:
-    """One line per rejected message: topic, org and fault; never the payload."""
-    error = message.error
-    if "value: " in error:
-        error = error.split(", got ", 1)[0]  # the fault about `value` quotes it
-    log.warning("mqtt: message rejected: topic=%s org=%s error=%s", printable(message.topic),
-                printable(message.org or "-"), printable(error))  # fmt: skip
-
-
-def _reject_row(message: Message) -> dict:
-    return {
-        "topic": message.topic,
-        "org": message.org or "",
-        "received_at": message.received_at,
-        "error": message.error,
-        "payload": bytes(message.payload[:PAYLOAD_LIMIT]),
-        "payload_size": len(message.payload),
-    }
-
-
-def _reject_event(message: Message) -> str:
-    return json.dumps({
-        "topic": message.topic,
-        "receivedAt": message.received_at.isoformat(),
-        "error": message.error,
-        "payload": bytes(message.payload[:PAYLOAD_LIMIT]).decode("utf-8", "replace"),
-    })  # fmt: skip
 
 
 class _Progress:
@@ -410,21 +375,3 @@ class _Progress:
         self.last, self.stored = now, c.stored
 
 
-def list_rejected_messages(*, topic: str | None = None, since: datetime | None = None,
-                           limit: int = 100) -> list[RejectedMessage]:  # fmt: skip
-    """The newest rejected messages first; `topic` is a topic name, or a prefix ending
-    in '/#'."""
-    query = sa.select(RejectedMessage).order_by(RejectedMessage.received_at.desc(), RejectedMessage.id.desc())
-    if topic is not None:
-        if topic.endswith("/#"):
-            prefix = topic[:-2]
-            escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            query = query.where(sa.or_(RejectedMessage.topic == prefix,
-                                       RejectedMessage.topic.like(escaped + "/%", escape="\\")))  # fmt: skip
-        else:
-            query = query.where(RejectedMessage.topic == topic)
-    if since is not None:
-        query = query.where(RejectedMessage.received_at >= since)
-    rows = db.session.scalars(query.limit(limit)).all()
-    db.session.commit()
-    return list(rows)
