@@ -345,7 +345,10 @@ def _check_changes(rows: list[dict], existing: dict) -> tuple[dict[str, datetime
         changed = {c for c in COLUMNS if getattr(current, c) != row[c]}
         if changed & set(VIEW_COLUMNS):
             view_changed.append(row["name"])
-        if not changed & (set(FIXED_WITH_DATA) | {"created_by", "wildcard_groups"}):
+        # Cells keep their second largest value only under a dominance rule: one set
+        # later needs the cells rebuilt from their raw measures.
+        dominance = current.p_percent is None and row["p_percent"] is not None
+        if not (changed & (set(FIXED_WITH_DATA) | {"created_by", "wildcard_groups"}) or dominance):
             continue
         data = _stored_data(row["name"], row["created_by"])
         if not (data.raw or data.cells):
@@ -365,6 +368,14 @@ def _check_changes(rows: list[dict], existing: dict) -> tuple[dict[str, datetime
                 errors.append(
                     f"{where}: wildcardGroups: cannot change: raw measures of {row['name']} were"
                     " purged, so its aggregates cannot be rebuilt from them"
+                )
+            else:
+                rebuilds[row["name"]] = data.first_cell
+        if dominance and data.cells:
+            if data.purged:
+                errors.append(
+                    f"{where}: pPercent: cannot be set: raw measures of {row['name']} were purged,"
+                    " so the two largest values of its cells cannot be recomputed"
                 )
             else:
                 rebuilds[row["name"]] = data.first_cell

@@ -61,6 +61,10 @@ QUICK = {k: max(1, v // 10) for k, v in FULL.items()}
 QUICK_CAP_SECONDS = 0.5
 """Longest load run in --quick (runs come in rounds of 4 pairs)."""
 BULK_ITEMS = 10_000
+BENCH_SECRET = "bench-contributor-secret-0123456789abcdef"
+CAPPED = "bench.contributors"
+"""A measure with maxContributionsPerCell: each measure carries a contributor and counts
+against its quota (the cap is never reached)."""
 PG_SETTINGS = {
     # 2 cores, 24 GB shared with other work: modest memory, no fsync shortcuts.
     "shared_buffers": "1GB",
@@ -146,7 +150,8 @@ class Environment:
         self.config_file = self.tmp / "config.yml"
         self.config_file.write_text(
             "logging: {enable: true, logger_criticity: WARNING}\n"
-            "dacc: {bench_endpoints: true, token_cache_seconds: 60}\n"
+            "dacc: {bench_endpoints: true, token_cache_seconds: 60,"
+            f" contributor_secret: {BENCH_SECRET}}}\n"
         )
         # PYTHONPATH: gunicorn and flask serve the tree this script lives in, not whatever
         # `dacc` the interpreter would find first.
@@ -225,7 +230,12 @@ def _make_app(url: str):
     from dacc.config import Config
 
     # No statement timeout: the set-up loads millions of rows in one statement.
-    return create_app(Config(database_url=url, source="bench", log_level="WARNING", statement_timeout_ms=0))
+    return create_app(
+        Config(
+            database_url=url, source="bench", log_level="WARNING", statement_timeout_ms=0,
+            contributor_secret=BENCH_SECRET,
+        )
+    )
 
 
 def _create_tokens() -> dict[str, str]:
@@ -427,9 +437,14 @@ def measure_body(name: str, i: int, *, start: dt.date = dt.date(2023, 1, 1)) -> 
 
 
 def _ensure_single_definition(env: Environment) -> None:
-    """The measure that POST /measure(s) write to, shared by the sections."""
+    """The measures that POST /measure(s) write to, shared by the sections."""
     if not env.execute("SELECT 1 FROM measure_definition WHERE name = 'bench.single'").first():
         env.add_definition("bench.single")
+        env.add_definition(CAPPED, max_contributions_per_cell=10**9)
+
+
+def contributor_body(i: int) -> dict:
+    return {**measure_body(CAPPED, i), "contributor": f"household-{i % 5000}"}
 
 
 def generate_raw(env: Environment, name: str, rows: int, *, start: dt.date, days: int, groups: int = 4, group2: int = 0):
@@ -476,6 +491,19 @@ def section_single(env: Environment) -> list[Figure]:
             Figure("single", f"POST /measure p99, {label}", result.percentile(99), "ms", ceiling.percentile(99),
                    "value<=20" if connections == 8 else ""),
         ]  # fmt: skip
+    # With a contributor on a capped measure: its HMAC and its quota upsert, same ceiling.
+    named = [
+        loadgen.build_request("POST", "/measure", body=json.dumps(contributor_body(i)).encode(), headers=headers)
+        for i in range(1000)
+    ]
+    _load(env, named, total=200, connections=8)
+    ceiling, result = _paired(env, trivial, named, total=count, connections=8)
+    figures += [
+        Figure("single", "POST /measure + contributor (capped), 8 conn", result.rate, "measures/s", ceiling.rate,
+               "ratio>=0.6", "ceiling: POST /_bench/insert; one statement: quota upsert + INSERT"),
+        Figure("single", "POST /measure + contributor p99, 8 conn", result.percentile(99), "ms",
+               ceiling.percentile(99), "value<=20"),
+    ]  # fmt: skip
     alone = loadgen.generator_ceiling(real, total=count, connections=8, timeout=env.cap)
     figures.append(
         Figure("single", "load generator alone, 8 conn", alone.rate, "requests/s", ceiling.rate,
@@ -498,7 +526,17 @@ def section_bulk(env: Environment) -> list[Figure]:
     result = _load(env, requests, total=len(requests), connections=1)
     measures = len(requests) * BULK_ITEMS
     copy_seconds = _copy_rows(env, bodies)
+    named_bodies = [
+        [contributor_body(b * BULK_ITEMS + i) for i in range(BULK_ITEMS)] for b in range(env.sizes["bulk_bodies"])
+    ]
+    named = [
+        loadgen.build_request("POST", "/measures", body=json.dumps(b).encode(), headers=headers) for b in named_bodies
+    ]
+    named_result = _load(env, named, total=len(named), connections=1)
     return [
+        Figure("bulk", f"POST /measures + contributors (capped), {BULK_ITEMS:,}-item bodies", measures / named_result.elapsed,
+               "measures/s", measures / copy_seconds, "ratio>=0.3",
+               "ceiling: COPY of plain rows; staged COPY + quota upsert per (cell, contributor)"),
         Figure("bulk", f"POST /measures, {BULK_ITEMS:,}-item bodies, 1 conn", measures / result.elapsed, "measures/s",
                measures / copy_seconds, "ratio>=0.3", "ceiling: COPY of the same rows, one transaction per body"),
         Figure("bulk", "POST /measures p50 per body", result.percentile(50), "ms", copy_seconds / len(bodies) * 1000),

@@ -47,7 +47,7 @@ def recomputed(name="m"):
 
 @pytest.fixture
 def measure(make_definition):
-    return make_definition("m", wildcard_groups=[["group1"]])
+    return make_definition("m", wildcard_groups=[["group1"]], p_percent=10)
 
 
 def test_k_counts_distinct_contributors_on_plain_and_wildcard_cells_also_after_a_purge(measure):
@@ -87,7 +87,7 @@ def test_the_two_largest_values_merge_exactly_over_runs(measure):
 
 
 def test_a_windowed_wildcard_level_counts_contributors_too(make_definition):
-    make_definition("m", group2_key="g2")
+    make_definition("m", group2_key="g2", p_percent=10)
     record_measures([body(1, "x", "alice", group2={"g2": 1}), body(2, "y", "alice", group2={"g2": 2}),
                      body(3, "y", group2={"g2": 2})])
     compute_aggregation("m", force=True)
@@ -212,3 +212,18 @@ def test_a_rebuild_counts_the_same_contributors_again(measure):
     assert db.session.execute(sa.text("SELECT count(*) FROM cell_contributor")).scalar() == 0
     compute_aggregation("m", force=True)
     assert cells() == before == {"x": (2, 1, 2, 1), "y": (2, 2, 4, 3), "*": (4, 3, 4, 3)}
+
+
+def test_without_a_dominance_rule_no_second_largest_is_kept_and_setting_one_rebuilds(app, measure):
+    from dacc.definitions import upsert_definitions, validate_definitions
+
+    db.session.execute(sa.text("UPDATE measure_definition SET p_percent = NULL"))
+    db.session.commit()
+    record_measures([body(1, "x", "alice"), body(5, "x", "bob"), body(3, "x")])
+    compute_aggregation("m", force=True)
+    assert cells()["x"] == (3, 3, 5, None)
+    item = {"name": "m", "org": "org", "group1Key": "g1", "aggregationThreshold": 1,
+            "wildcardGroups": [["group1"]], "pPercent": 15}
+    assert upsert_definitions(validate_definitions([item])) == [("m", "rebuilding")]
+    compute_aggregation("m", force=True)
+    assert cells() == recomputed() == {"x": (3, 3, 5, 3), "*": (3, 3, 5, 3)}

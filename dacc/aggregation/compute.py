@@ -89,6 +89,8 @@ class _Plan:
     stars: dict[str, str | None]
     updated_at: datetime | None = None
     """The definition's version the plan was made from; checked under the lock."""
+    top2: bool = False
+    """Keep each cell's second largest value: the definition has a dominance rule."""
 
 
 class _StalePlan(Exception):
@@ -275,7 +277,7 @@ def compute_wildcard_aggregate(
                     " (allow it explicitly: --allow-purged-loss)"
                 )
             dates = conn.execute(
-                sa.text(sql.wildcard(starred, quartiles=plan.quartiles)), params
+                sa.text(sql.wildcard(starred, quartiles=plan.quartiles, top2=plan.top2)), params
             ).scalars().all()
             published = publish_measure(conn, plan.name)
     per_date: dict[datetime, int] = {}
@@ -366,7 +368,8 @@ def _merge(conn, plan: _Plan, result: AggregationResult, *, force: bool) -> None
             ).rowcount
     for starred in plan.levels:
         statement = sql.merge(
-            starred, rebuild=rebuild, quartiles=plan.quartiles, all_new=all_new, keyed=keyed
+            starred, rebuild=rebuild, quartiles=plan.quartiles, all_new=all_new, keyed=keyed,
+            top2=plan.top2,
         )
         row = conn.execute(sa.text(statement), params).one()
         if starred == PLAIN:
@@ -396,6 +399,7 @@ def _plan(definition: MeasureDefinition) -> _Plan:
         levels=(PLAIN,),
         stars={f"star_{g}": json.dumps({k: "*"}) if k else None for g, k in keys.items()},
         updated_at=definition.updated_at,
+        top2=definition.p_percent is not None,
     )
     levels = [PLAIN]
     declared = definition.wildcard_groups or []

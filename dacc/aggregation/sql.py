@@ -75,19 +75,19 @@ STD = """CASE WHEN {n} > 1
          THEN sqrt(({n} * {ss} - {s} * {s}) / ({n} * ({n} - 1)))
          ELSE 0 END"""
 
-CELL_ROWS = """SELECT c.*, row_number() OVER (
-               PARTITION BY c.start_date, c.created_by, c.group1, c.group2, c.group3
-               ORDER BY c.value DESC) AS rank
-        FROM (
-            SELECT date_trunc(:period, r.start_date) AS start_date, r.created_by,
+CELL_ROWS = """SELECT date_trunc(:period, r.start_date) AS start_date, r.created_by,
                    {group1} AS group1, {group2} AS group2, {group3} AS group3,
                    r.value, r.contributor
             FROM raw_measure r
-            WHERE {rows}
-        ) c"""
-"""Raw rows `r` as rows of their cells, each ranked within its cell by value (largest
-first): the rank-2 value is the cell's second largest, exactly, without keeping the
-cell's values. MERGE and WILDCARD share it."""
+            WHERE {rows}"""
+"""Raw rows `r` as rows of their cells: MERGE and WILDCARD share it."""
+RANKED = """SELECT c.*, row_number() OVER (
+               PARTITION BY c.start_date, c.created_by, c.group1, c.group2, c.group3
+               ORDER BY c.value DESC) AS rank
+        FROM ({cell_rows}) c"""
+"""CELL_ROWS each ranked within its cell by value, largest first: the rank-2 value is
+the cell's second largest, exactly, without keeping the cell's values. It costs a sort
+of the rows by cell, so only definitions with a dominance rule (pPercent) pay it."""
 CELL_STATS = """r.start_date, r.created_by, r.group1, r.group2, r.group3,
            count(*) AS n,
            count(*) FILTER (WHERE r.value <> 0) AS n_not_zero,
@@ -95,10 +95,12 @@ CELL_STATS = """r.start_date, r.created_by, r.group1, r.group2, r.group3,
            sum(r.value * r.value) AS ss,
            min(r.value) AS lo,
            max(r.value) AS hi,
-           max(r.value) FILTER (WHERE r.rank = 2) AS hi2,
+           {hi2} AS hi2,
            count(*) FILTER (WHERE r.contributor IS NULL) AS anonymous"""
-"""The mergeable statistics of CELL_ROWS `r` grouped by cell: MERGE and WILDCARD share
+"""The mergeable statistics of cell rows `r` grouped by cell: MERGE and WILDCARD share
 them. `anonymous`: rows without a contributor, each its own contributor."""
+HI2_RANKED = "max(r.value) FILTER (WHERE r.rank = 2)"
+HI2_NONE = "CAST(NULL AS numeric)"
 CELL_COLUMNS = """(measure_name, start_date, created_by, group1, group2, group3,
         count, count_not_zero, sum, sum_squares, min, max, avg, std,
         median, first_quartile, third_quartile, last_updated,
@@ -124,15 +126,10 @@ object or NULL, never the JSON null."""
 # RETURNING (xmax = 0) tells inserted from updated.
 MERGE = (
     """
-WITH new AS MATERIALIZED (
-        """
-    + CELL_ROWS
-    + """
-), added AS (
+WITH added AS (
     INSERT INTO cell_contributor (measure_name, start_date, created_by, group1, group2, group3, contributor)
     SELECT DISTINCT :name, n.start_date, n.created_by, n.group1, n.group2, n.group3, n.contributor
-    FROM new n
-    WHERE n.contributor IS NOT NULL
+    FROM ({contributor_rows}) n
     ON CONFLICT DO NOTHING
     RETURNING start_date, created_by, group1, group2, group3
 ), gained AS (
@@ -143,7 +140,7 @@ WITH new AS MATERIALIZED (
     SELECT """
     + CELL_STATS
     + """{fresh_percentiles}
-    FROM new r
+    FROM ({cell_rows}) r
     GROUP BY 1, 2, 3, 4, 5
 ){touched}, merged AS (
     INSERT INTO aggregate AS a """ + CELL_COLUMNS + """
@@ -169,11 +166,7 @@ WITH new AS MATERIALIZED (
         last_updated = EXCLUDED.last_updated,
         contributors = a.contributors + EXCLUDED.contributors,
         largest_value = GREATEST(a.largest_value, EXCLUDED.largest_value),
-        -- Second of the union: the smaller of the two largest, or a runner-up if larger
-        -- (GREATEST ignores NULLs: a side of one value has no runner-up).
-        second_largest_value = GREATEST(
-            LEAST(a.largest_value, EXCLUDED.largest_value),
-            a.second_largest_value, EXCLUDED.second_largest_value)
+        second_largest_value = {second_merged}
     RETURNING a.xmax = 0 AS inserted
 )
 SELECT (SELECT coalesce(sum(n), 0) FROM fresh) AS raw_read,
@@ -182,6 +175,11 @@ SELECT (SELECT coalesce(sum(n), 0) FROM fresh) AS raw_read,
 FROM merged
 """
 )
+# Second of the union of two cells' values: the smaller of the two largest, or a
+# runner-up if larger (GREATEST ignores NULLs: a side of one value has no runner-up).
+SECOND_MERGED = """GREATEST(
+            LEAST(a.largest_value, EXCLUDED.largest_value),
+            a.second_largest_value, EXCLUDED.second_largest_value)"""
 NO_QUARTILES = "NULL, NULL, NULL"
 QUARTILES = "q.p[2], q.p[1], q.p[3]"
 FRESH_QUARTILES = "f.p[2], f.p[1], f.p[3]"
@@ -343,11 +341,7 @@ WITH cells AS (
     + """,
            count(DISTINCT r.contributor) AS named,
            {percentiles} AS p
-    FROM (
-        """
-    + CELL_ROWS
-    + """
-    ) r
+    FROM ({cell_rows}) r
     GROUP BY 1, 2, 3, 4, 5
 )
 INSERT INTO aggregate AS a """ + CELL_COLUMNS + """
@@ -383,8 +377,10 @@ def merge(
     quartiles: bool,
     all_new: bool = False,
     keyed: frozenset[str] = frozenset(GROUPS),
+    top2: bool = False,
 ) -> str:
-    """The MERGE of one level. `all_new`: the measure has no cell yet, so quartiles come
+    """The MERGE of one level. `top2`: keep each cell's second largest value (the
+    definition has a dominance rule). `all_new`: the measure has no cell yet, so quartiles come
     from the new rows alone (only then are they all of each cell's rows). `keyed`: the
     groups the definition has a key for (they decide how a wildcard level's quartiles
     are read, not what they are)."""
@@ -414,9 +410,17 @@ def merge(
             touched=TOUCHED_WILDCARD.format(**level_groups(starred), is_new=_is_new(rebuild=rebuild)),
             quartiles_from=QUARTILES_FROM_TOUCHED.format(same_touched_cell=_same_groups("q", "f", coalesced=True)),
         )
+    groups = level_groups(starred)
+    rows = new_rows(rebuild=rebuild)
+    plain_rows = CELL_ROWS.format(**groups, rows=rows)
     return MERGE.format(
-        **level_groups(starred),
-        rows=new_rows(rebuild=rebuild),
+        **groups,
+        cell_rows=RANKED.format(cell_rows=plain_rows) if top2 else plain_rows,
+        # Its own read of the new rows (the same index range as the merge's): nothing to
+        # read back when no measure carries a contributor.
+        contributor_rows=CELL_ROWS.format(**groups, rows=f"{rows}\n      AND r.contributor IS NOT NULL"),
+        hi2=HI2_RANKED if top2 else HI2_NONE,
+        second_merged=SECOND_MERGED if top2 else "NULL",
         std_new=STD.format(n="f.n", s="f.s", ss="f.ss"),
         std_merged=STD.format(n=n, s=s, ss=ss),
         **quartile_parts,
@@ -456,10 +460,13 @@ def wildcard_level(starred: frozenset[str]) -> str:
     )
 
 
-def wildcard(starred: frozenset[str], *, quartiles: bool) -> str:
+def wildcard(starred: frozenset[str], *, quartiles: bool, top2: bool = False) -> str:
+    groups = level_groups(starred)
+    rows = "r.measure_name = :name\n      AND r.last_updated >= :from_ts AND r.last_updated < :to_ts"
+    plain_rows = CELL_ROWS.format(**groups, rows=rows)
     return WILDCARD.format(
-        **level_groups(starred),
-        rows="r.measure_name = :name\n      AND r.last_updated >= :from_ts AND r.last_updated < :to_ts",
+        cell_rows=RANKED.format(cell_rows=plain_rows) if top2 else plain_rows,
+        hi2=HI2_RANKED if top2 else HI2_NONE,
         percentiles=PERCENTILES if quartiles else WILDCARD_NO_PERCENTILES,
         std=STD.format(n="c.n", s="c.s", ss="c.ss"),
     )

@@ -66,9 +66,9 @@ class Aggregate(db.Model):
     largest_value: Mapped[Decimal] = mapped_column(VALUE_TYPE)
     """The largest value (= max), kept for the dominance rule; never served."""
     second_largest_value: Mapped[Decimal | None] = mapped_column(VALUE_TYPE)
-    """The second largest value (a tie counts twice); None for a single value. Cells
-    merged before migration 0007 hold largest_value here, an upper bound (the dominance
-    rule then errs on the sensitive side). Never served."""
+    """The second largest value (a tie counts twice), kept exactly when the definition
+    has a dominance rule (pPercent); None for a single value, and for every cell of a
+    definition without the rule. Never served."""
     last_updated: Mapped[datetime] = mapped_column(
         sa.DateTime(timezone=True), server_default=sa.func.now()
     )

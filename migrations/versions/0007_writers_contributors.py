@@ -11,8 +11,8 @@ Create Date: 2026-12-01 23:00:00
 - measure_key is scoped to the writer's org; existing ids go to the definition's org.
 - raw and refused measures carry an optional keyed contributor hash.
 - aggregate: `contributors` (existing cells: their count, as nobody sent contributors),
-  `largest_value` (= max) and `second_largest_value` (existing cells of 2+ values: max,
-  an upper bound, until rebuilt).
+  `largest_value` (= max) and `second_largest_value` (kept only under a dominance
+  rule, pPercent; setting one on stored cells rebuilds them).
 - cell_contributor (merge) and contributor_quota (ingestion cap).
 """
 from alembic import op
@@ -71,10 +71,8 @@ def upgrade():
     op.add_column('aggregate', sa.Column('contributors', sa.BigInteger(), nullable=True))
     op.add_column('aggregate', sa.Column('largest_value', sa.Numeric(precision=16, scale=2), nullable=True))
     op.add_column('aggregate', sa.Column('second_largest_value', sa.Numeric(precision=16, scale=2), nullable=True))
-    op.execute(
-        "UPDATE aggregate SET contributors = count, largest_value = max,"
-        " second_largest_value = CASE WHEN count > 1 THEN max END"
-    )
+    # No definition has a dominance rule yet: no cell keeps its second largest value.
+    op.execute("UPDATE aggregate SET contributors = count, largest_value = max")
     op.alter_column('aggregate', 'contributors', nullable=False)
     op.alter_column('aggregate', 'largest_value', nullable=False)
 
