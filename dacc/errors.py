@@ -52,6 +52,12 @@ class Conflict(DaccError):
     status = 409
 
 
+class PayloadTooLarge(DaccError):
+    """The body is over the endpoint's size limit (the message says the limit)."""
+
+    status = 413
+
+
 class UnsupportedMediaType(DaccError):
     """The body is not declared as JSON."""
 
@@ -96,7 +102,13 @@ def register_error_handlers(app):
     @app.errorhandler(HTTPException)
     def handle_http_exception(exc: HTTPException):
         response = exc.get_response()
-        response.data = app.json.dumps({"error": exc.description or exc.name})
+        message = exc.description or exc.name
+        if exc.code == 413:
+            from flask import request
+
+            limit = request.max_content_length
+            message = f"body: larger than the limit of {limit} bytes" if limit else "body: too large"
+        response.data = app.json.dumps({"error": message})
         response.content_type = "application/json"
         return response
 

@@ -161,7 +161,11 @@ def _cache_key(query: AggregateQuery) -> AggregateQuery:
 
 def _next_midnight(moment: datetime) -> datetime:
     midnight = datetime.combine(moment.date(), datetime.min.time())
-    return midnight if midnight == moment else midnight + timedelta(days=1)
+    if midnight == moment:
+        return midnight
+    if midnight.date() == datetime.max.date():
+        return datetime.max  # no later midnight; every bound in its last day reads the same rows
+    return midnight + timedelta(days=1)
 
 
 def _read(query: AggregateQuery, token: TokenIdentity) -> _Found | None:

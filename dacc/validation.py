@@ -21,5 +21,10 @@ def storable_text(value: str) -> bool:
 
 def shown(value) -> str:
     """A client's value quoted in an error message, cut to 40 characters."""
-    text = json.dumps(value, allow_nan=True, default=str)
+    try:
+        text = json.dumps(value, allow_nan=True, default=str)
+    except RecursionError:  # a value nested ~1000 levels deep (the JSON parser allows it)
+        return "a value nested too deeply"
+    except ValueError:  # e.g. an int past Python's digit limit for str()
+        return "a value that cannot be shown"
     return text if len(text) <= 40 else text[:37] + "..."

@@ -225,6 +225,20 @@ class Served:
         finally:
             conn.close()
 
+    def raw(self, data: bytes, *, timeout=10) -> bytes:
+        """Send raw bytes on a new connection; everything answered until it closes."""
+        import socket
+
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
+            sock.sendall(data)
+            chunks = []
+            try:
+                while chunk := sock.recv(65536):
+                    chunks.append(chunk)
+            except (ConnectionResetError, TimeoutError):
+                pass
+        return b"".join(chunks)
+
     def freeze(self):
         """SIGSTOP every PostgreSQL process; returns them, for thaw()."""
         import psutil
@@ -261,9 +275,9 @@ class Served:
         self.pg.cleanup()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def served(tmp_path_factory):
-    """A Served app with the README's serving options."""
+    """A Served app with the README's serving options (tests leave it as they found it)."""
     from dacc.serving import GUNICORN_OPTIONS
 
     stack = Served(tmp_path_factory.mktemp("served"), GUNICORN_OPTIONS)

@@ -1,9 +1,9 @@
 """Aggregate restitution: GET|POST /aggregate (DACC)."""
 
-import json
 
 from flask import Blueprint, current_app, request
 
+from dacc.api.body import parse_json, read_body
 from dacc.auth import current_token, require_scope
 from dacc.errors import BadRequest
 from dacc.restitution import read_aggregates
@@ -28,13 +28,9 @@ def _params() -> dict:
     The Content-Type is not checked: GET bodies often come without one.
     """
     params = request.args.to_dict() if request.method == "GET" else {}
-    request.max_content_length = PARAMS_MAX_BYTES
-    raw = request.get_data(cache=False)
+    raw = read_body(PARAMS_MAX_BYTES)
     if raw.strip():
-        try:
-            body = json.loads(raw)
-        except (ValueError, RecursionError) as exc:
-            raise BadRequest(f"body: not valid JSON ({exc})") from None
+        body = parse_json(raw)
         if not isinstance(body, dict):
             raise BadRequest("body: expected a JSON object")
         params.update(body)

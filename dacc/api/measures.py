@@ -1,12 +1,11 @@
 """Measure ingestion endpoints: POST /measure (DACC) and POST /measures (bulk)."""
 
-import json
-
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, current_app, jsonify, request
 
 from dacc.auth import current_token, require_scope
-from dacc.errors import BadRequest, DaccError, UnsupportedMediaType
-from dacc.ingestion import record_measure, record_measures
+from dacc.api.body import parse_json, parse_json_array, read_body
+from dacc.errors import DaccError, UnsupportedMediaType
+from dacc.ingestion import MAX_BATCH, record_measure, record_measures
 from dacc.logs import log_refused_measures, refused_measures
 from dacc.metrics import count_accepted, count_refused
 
@@ -38,7 +37,7 @@ def post_measure():
 @require_scope("measure:write")
 def post_measures():
     token = current_token()
-    body = _json_body()
+    body = _json_body(array_items=MAX_BATCH)
     try:
         result = record_measures(body, org=token.org, app=token.app)
     except DaccError as exc:
@@ -48,18 +47,16 @@ def post_measures():
     return jsonify({"ok": True, "inserted": result.inserted, "duplicates": result.duplicates}), 201
 
 
-def _json_body(max_bytes: int | None = None):
-    """The parsed JSON body; 415 unless declared JSON, 413 past the limit, 400 if malformed."""
+def _json_body(max_bytes: int | None = None, *, array_items: int | None = None):
+    """The parsed JSON body; 415 unless declared JSON, 413 past the limit, 400 if malformed.
+
+    A bulk body is parsed item by item (`array_items`): memory stays bounded."""
     if not request.is_json:
         raise UnsupportedMediaType("Content-Type: expected application/json")
-    if max_bytes is not None:
-        # Werkzeug refuses with 413 before reading more, also for chunked bodies.
-        request.max_content_length = max_bytes
-    raw = request.get_data(cache=False)
-    try:
-        return json.loads(raw)
-    except (ValueError, RecursionError) as exc:
-        raise BadRequest(f"body: not valid JSON ({exc})") from None
+    raw = read_body(max_bytes or current_app.config["MAX_CONTENT_LENGTH"])
+    if array_items is not None:
+        return parse_json_array(raw, max_items=array_items)
+    return parse_json(raw)
 
 
 def _refused(body, error: DaccError) -> None:
