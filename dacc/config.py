@@ -364,8 +364,24 @@ def _mqtt_subscriptions(subscriptions, where: str) -> tuple[Subscription, ...]:
             raise ConfigError(f"{where}: '{at}.topic' must be an MQTT topic filter")
         if not isinstance(org, str) or not org:
             raise ConfigError(f"{where}: '{at}.org' must be a non-empty string")
+        for j, earlier in enumerate(result):
+            if _filters_overlap(earlier.topic, topic):
+                # The broker would deliver a message matching both once per subscription.
+                raise ConfigError(f"{where}: '{at}.topic' overlaps 'mqtt.subscriptions[{j}].topic'")
         result.append(Subscription(topic, org))
     return tuple(result)
+
+
+def _filters_overlap(first: str, second: str) -> bool:
+    """Whether some topic matches both filters ('a/#' matches 'a' too)."""
+    a, b = first.split("/"), second.split("/")
+    for x, y in zip(a, b):
+        if x == "#" or y == "#":
+            return True
+        if x != y and "+" not in (x, y):
+            return False
+    rest = a[len(b):] or b[len(a):]
+    return rest in ([], ["#"])
 
 
 def _valid_topic_filter(topic: str) -> bool:

@@ -231,6 +231,7 @@ mqtt:
   subscriptions:
     - {topic: "dacc/measures/#", org: energy}
     - {topic: "sensors/+/measures", org: sensors}
+    - {topic: "sensors/+/other", org: sensors}
   batch_max_size: 200
   save_interval_ms: 250
   rejected_topic: dacc/rejected
@@ -243,7 +244,8 @@ def test_mqtt_section_is_read_with_defaults_for_the_rest(tmp_path):
     assert (mqtt.host, mqtt.port, mqtt.username, mqtt.password) == ("broker.example", 8883, "dacc", "from-file")
     assert mqtt.tls and mqtt.tls_ca_certs == "/etc/ssl/ca.pem"
     assert [(s.topic, s.org) for s in mqtt.subscriptions] == [("dacc/measures/#", "energy"),
-                                                             ("sensors/+/measures", "sensors")]
+                                                             ("sensors/+/measures", "sensors"),
+                                                             ("sensors/+/other", "sensors")]
     assert (mqtt.batch_max_size, mqtt.save_interval_ms, mqtt.rejected_topic) == (200, 250, "dacc/rejected")
     assert (mqtt.qos, mqtt.client_id) == (1, "dacc-ingest")
     assert "from-file" not in repr(mqtt)
@@ -272,6 +274,10 @@ def test_no_mqtt_section_means_no_worker_config(tmp_path):
         ("{subscriptions: [{topic: a, org: o}], batch_max_size: 0}", "'mqtt.batch_max_size' must be an integer"),
         ("{subscriptions: [{topic: a, org: o}], tls: {cafile: x}}", "unknown key 'mqtt.tls.cafile'"),
         ("{subscriptions: [{topic: a, org: o}], rejected_topic: 'r/#'}", "'mqtt.rejected_topic' must be a topic"),
+        ("{subscriptions: [{topic: 'a/#', org: o}, {topic: 'a/b/+', org: p}]}",
+         "'mqtt.subscriptions[1].topic' overlaps 'mqtt.subscriptions[0].topic'"),
+        ("{subscriptions: [{topic: 'a/+/c', org: o}, {topic: 'a', org: p}, {topic: 'a/#', org: q}]}",
+         "'mqtt.subscriptions[2].topic' overlaps 'mqtt.subscriptions[0].topic'"),
     ],
 )
 def test_bad_mqtt_section_names_the_key(tmp_path, section, fault):

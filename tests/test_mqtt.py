@@ -243,6 +243,73 @@ def test_measure_ids_make_redelivered_messages_count_once(app, make_definition, 
     assert worker.counters.duplicates == 5
 
 
+def test_a_subscription_writes_as_its_org(app, make_definition, broker):
+    """The subscription's org plays the token's part: write grants, measureId scope."""
+    make_definition("m", writers=["org"])
+    make_definition("theirs", writers=["other"])
+    config = broker.config(subscriptions=(Subscription("dacc/mine/#", "org"), Subscription(f"{TOPIC}/#", "other")))
+    with running_worker(app, config) as worker, publisher(broker.port) as client:
+        publish(client, [measure(1, measureId="same"), measure(2, measureName="theirs")], topic="dacc/mine/a")
+        publish(client, [measure(3, measureId="same")], topic=f"{TOPIC}/elsewhere")
+        _wait_for(lambda: worker.counters.stored + worker.counters.rejected == 3, what="three outcomes")
+    rows = db.session.execute(sa.select(RejectedMessage.org, RejectedMessage.error).order_by(RejectedMessage.id)).all()
+    assert [org for org, _ in rows] == ["org", "other"]
+    assert rows[0].error == "measureName: this token may not send measures of 'theirs'"
+    assert rows[1].error == "measureName: this token may not send measures of 'm'"
+    assert [int(v) for v in db.session.scalars(sa.select(RawMeasure.value))] == [1]
+
+
+def test_progress_lines_give_counts_and_rate(app, make_definition, broker, caplog, monkeypatch):
+    from dacc.mqtt import worker as worker_module
+
+    monkeypatch.setattr(worker_module, "PROGRESS_SECONDS", 0.2)
+    make_definition("m")
+    caplog.set_level("INFO", logger="dacc")
+    with running_worker(app, broker.config()), publisher(broker.port) as client:
+        publish(client, [measure(1), measure(2), b"bad"])
+        _wait_for(lambda: "3 message(s) received, 2 measure(s) stored (0 duplicates), 1 message(s) rejected"
+                  in caplog.text, what="a progress line")  # fmt: skip
+    assert " measures/s" in caplog.text
+
+
+def test_broker_down_at_start_then_up_logs_once_and_connects(app, make_definition, tmp_path, caplog):
+    """Reconnection with backoff: one line for the outage, one when connected."""
+    make_definition("m")
+    port = _free_port()
+    config = MqttConfig(subscriptions=(Subscription(f"{TOPIC}/#", "org"),), host="127.0.0.1", port=port,
+                        client_id="dacc-test", save_interval_ms=50)  # fmt: skip
+    caplog.set_level("INFO", logger="dacc")
+    stop = threading.Event()
+    worker = mqtt.Worker(config, stop=stop)
+
+    def target():
+        with app.app_context():
+            worker.run()
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    try:
+        time.sleep(2.5)  # a few attempts, 1 s apart at first
+        assert caplog.text.count("broker unreachable") == 1
+        conf = tmp_path / "late.conf"
+        conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        late = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            _wait_for(lambda: "subscribed to" in caplog.text, timeout=40, what="the reconnection")
+            with publisher(port) as client:
+                publish(client, [measure(5)])
+                _wait_for(lambda: count() == 1, what="the measure")
+        finally:
+            stop.set()
+            thread.join(15)
+            late.terminate()
+            late.wait(10)
+    finally:
+        stop.set()
+    assert caplog.text.count("broker unreachable") == 1
+    assert "connected to 127.0.0.1" in caplog.text
+
+
 # --- the worker as `flask ingest mqtt`, in a process of its own --------------------
 
 
