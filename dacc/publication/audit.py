@@ -122,9 +122,8 @@ class Audit:
     def findings(self) -> list[Finding]:
         """Every small set the served rows give away (within the search budget)."""
         found: dict[frozenset, Finding] = {}
-        for row in self._w_rows():
-            for finding in self._search(row, minimum=row, stop_at_first=False):
-                found.setdefault(finding.pieces, finding)
+        for finding in self._search(self._w_rows(), canonical=True, stop_at_first=False):
+            found.setdefault(finding.pieces, finding)
         return sorted(found.values(), key=lambda f: sorted(f.pieces))
 
     def undecided(self) -> bool:
@@ -147,67 +146,93 @@ class Audit:
                 return True
             return bool(((total - (total[pivots] @ basis) % PRIME) % PRIME).any())
 
-        for root in roots:
-            found = self._search(root, minimum=None, stop_at_first=True, accept=new)
-            if self._exhausted:
-                return Finding(frozenset(), 0)  # undecided: treated as a violation
-            if found:
-                return found[0]
+        found = self._search(roots, canonical=False, stop_at_first=True, accept=new)
+        if found:
+            return found[0]
+        if self._exhausted:
+            return Finding(frozenset(), 0)  # undecided: treated as a violation
         return None
 
     def _search(
-        self, root: int, *, minimum: int | None, stop_at_first: bool, accept=None
+        self, roots, *, canonical: bool, stop_at_first: bool, accept=None
     ) -> list[Finding]:
-        """Connected sets of W rows holding `root` whose sum is a small 0/1 vector."""
+        """Sets of W rows holding one of `roots` whose sum is a small 0/1 vector.
+
+        Depth first, within SEARCH_BUDGET states. While the partial sum has an entry
+        outside {0, 1}, only a row that is non-zero there can mend it, so only those
+        extend the set; a 0/1 partial sum extends by any row sharing a column (the set
+        stays connected). `canonical`: a set is reached only from its smallest row.
+        """
         self._exhausted = False
         w_rows = self._w_rows()
-        if root not in w_rows:
-            return []
-        small = slice(self.n_big, None)
-        rows = self.basis[w_rows][:, small]
         index = {r: i for i, r in enumerate(w_rows)}
+        roots = [index[r] for r in roots if r in index]
+        if not roots:
+            return []
+        rows = self.basis[w_rows][:, self.n_big:]
         pivot_counts = self.counts[[self.pivots[r] for r in w_rows]]
         support = rows != 0
-        adjacency = (support.astype(np.int32) @ support.T.astype(np.int32)) > 0
-        small_counts = self.counts[small]
+        columns: dict[int, np.ndarray] = {}
+        degree = support.sum(axis=0)
+
+        def by_column(c: int) -> np.ndarray:
+            found = columns.get(c)
+            if found is None:
+                found = columns[c] = np.flatnonzero(support[:, c])
+            return found
+
+        small_counts = self.counts[self.n_big:]
+        is_pivot = np.zeros(rows.shape[1], dtype=bool)
+        is_pivot[[self.pivots[r] - self.n_big for r in w_rows]] = True
         limit = self.k - 1
-        start = index[root]
-        floor = index[minimum] if minimum is not None else -1
         results: list[Finding] = []
-        seen = {frozenset([start])}
-        stack = [((start,), rows[start] % PRIME, int(pivot_counts[start]))]
+        seen: set[frozenset] = set()
         examined = 0
-        while stack:
-            members, total, used = stack.pop()
-            examined += 1
-            if examined > SEARCH_BUDGET:
-                self._exhausted = True
-                break
-            if np.all((total == 0) | (total == 1)):
-                contributions = int(small_counts @ total)
-                if 1 <= contributions <= limit:
-                    pieces = frozenset(int(i) + self.n_big for i in np.flatnonzero(total))
-                    full = np.zeros(len(self.counts), dtype=np.int64)
-                    full[self.n_big:] = total
-                    if pieces not in self.exempt and (accept is None or accept(full)):
-                        results.append(Finding(self._original(pieces), contributions))
-                        if stop_at_first:
-                            return results
-            if len(members) >= limit:
-                continue
-            near = np.flatnonzero(adjacency[list(members)].any(axis=0))
-            for other in near:
-                other = int(other)
-                if other in members or other < floor:
+        for start in roots:
+            floor = start if canonical else -1
+            stack = [((start,), rows[start] % PRIME, int(pivot_counts[start]))]
+            seen.add(frozenset([start]))
+            while stack:
+                members, total, used = stack.pop()
+                examined += 1
+                if examined > SEARCH_BUDGET:
+                    self._exhausted = True
+                    return results
+                bad = np.flatnonzero((total != 0) & (total != 1))
+                contributions = 0
+                if len(bad) == 0:
+                    contributions = int(small_counts @ total)
+                    if 1 <= contributions <= limit:
+                        pieces = frozenset(int(i) + self.n_big for i in np.flatnonzero(total))
+                        full = np.zeros(len(self.counts), dtype=np.int64)
+                        full[self.n_big:] = total
+                        if pieces not in self.exempt and (accept is None or accept(full)):
+                            results.append(Finding(self._original(pieces), contributions))
+                            if stop_at_first:
+                                return results
+                if len(members) >= limit or used >= limit:
                     continue
-                spent = used + int(pivot_counts[other])
-                if spent > limit:
-                    continue
-                grown = frozenset(members) | {other}
-                if grown in seen:
-                    continue
-                seen.add(grown)
-                stack.append((members + (other,), (total + rows[other]) % PRIME, spent))
+                if len(bad):
+                    # Only a row non-zero there can mend an entry: the rarest column.
+                    extensions = by_column(int(bad[np.argmin(degree[bad])]))
+                elif contributions > limit:
+                    # Too many: some non-pivot 1 must be cancelled (a pivot cannot be).
+                    ones = np.flatnonzero(total & ~is_pivot)
+                    extensions = np.unique(np.concatenate([by_column(c) for c in ones])) if len(ones) else ()
+                else:
+                    extensions = np.flatnonzero(support[list(members)].any(axis=0) @ support.T)
+                for other in extensions:
+                    other = int(other)
+                    if other in members or other < floor:
+                        continue
+                    spent = used + int(pivot_counts[other])
+                    if spent > limit:
+                        continue
+                    grown = frozenset(members) | {other}
+                    if grown in seen:
+                        continue
+                    seen.add(grown)
+                    stack.append((members + (other,), (total + rows[other]) % PRIME, spent))
         return results
 
     def _original(self, pieces: frozenset[int]) -> frozenset[int]:
