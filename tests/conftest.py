@@ -98,7 +98,7 @@ def make_definition(app):
     """make_definition(name="m", **columns) -> MeasureDefinition, committed.
 
     Columns use the model's (snake_case) names; defaults: org "org", created_by None,
-    group1_key "g1", daily period and frequency, threshold 1.
+    group1_key "g1", daily period and frequency, threshold 1, extremes shown.
     """
     from dacc.models import MeasureDefinition
 
@@ -109,6 +109,8 @@ def make_definition(app):
             aggregation_period="day",
             execution_frequency="day",
             aggregation_threshold=1,
+            # DACC's behaviour; the k2 default is tested in tests/publication.
+            extremes="show",
         )
         values.update(overrides)
         definition = MeasureDefinition(name=name, **values)

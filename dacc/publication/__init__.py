@@ -23,7 +23,7 @@ from dacc.publication.publisher import (
     PublicationResult,
     load_hierarchies,
     publish_measure,
-    served_audit,
+    served_audits,
 )
 
 log = logging.getLogger(__name__)
@@ -151,8 +151,8 @@ def _disclosures(measure, start, app, hierarchy, k) -> list[Disclosure]:
     import numpy as np
 
     space = PieceSpace(hierarchy)
-    audit = served_audit(space, hierarchy, k)
-    findings = audit.findings()
+    counts, sums = served_audits(space, hierarchy, k)
+    findings = list({f.pieces: f for f in counts.findings() + sums.findings()}.values())
     if not findings:
         return []
     vectors = np.array(

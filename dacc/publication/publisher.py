@@ -13,7 +13,8 @@ createdBy) in scope:
 5. the cumulative audit (dacc.publication.audit): the new version, with everything ever
    served in the hierarchy, must not let a reader compute the total of 1..k-1
    contributions. Rows are tried in a fixed order (fewer stars first, served rows before
-   new ones, then by groups), so the secondary suppression this implies is deterministic.
+   new ones, then by groups), so the secondary suppression this implies is deterministic;
+6. the magnitude rules (shape_of) decide which fields a served row shows.
 """
 
 from __future__ import annotations
@@ -81,11 +82,12 @@ def publish_measure(conn, name: str, *, full: bool = False) -> PublicationResult
         conn.execute(sa.text(sql.UPDATE_LEAVES), params)
         chosen = []
         for key, hierarchy in load_hierarchies(conn, params).items():
-            accepted, withheld = decide(hierarchy, definition.k, params["epoch"])
+            accepted, withheld = decide(hierarchy, definition, params["epoch"])
             chosen += accepted
             result.withheld += withheld
         if chosen:
-            conn.execute(sa.text(sql.PUBLISH), {**params, "ids": chosen})
+            ids, shapes = zip(*chosen)
+            conn.execute(sa.text(sql.PUBLISH), {**params, "ids": list(ids), "shapes": list(shapes)})
         result.published = len(chosen)
     conn.execute(sa.text(sql.SAVE_STATE), params)
     log.debug(
@@ -167,8 +169,13 @@ class PieceSpace:
         return int(self.leaf_counts @ covered) == count and not (self.frozen & covered).any()
 
 
-def served_audit(space: PieceSpace, hierarchy: Hierarchy, k: int) -> Audit:
-    """An audit holding every version ever served in the hierarchy."""
+def served_audits(
+    space: PieceSpace, hierarchy: Hierarchy, k: int, *, dominated=None
+) -> tuple[Audit, Audit]:
+    """Audits holding every version ever served in the hierarchy: one for counts (every
+    served row), one for sums (rows that served their sum). In the sums' audit, the
+    pieces of a dominated cell (boolean mask over leaves) weigh 1, as if it were a cell
+    of one contribution: no combination may give its sum away."""
     vectors = [space.vector((v.g1, v.g2, v.g3), v.epoch) for v in hierarchy.versions]
     # A served set of fewer than k contributions (served before k was raised) is no
     # finding: it was already public.
@@ -176,30 +183,78 @@ def served_audit(space: PieceSpace, hierarchy: Hierarchy, k: int) -> Audit:
         np.flatnonzero(v) for v in vectors
         if v.any() and int(space.piece_counts @ v) < k and (space.piece_counts[v] < k).all()
     ]
-    audit = Audit(space.piece_counts, k, exempt=exempt)
-    for vector in vectors:
-        audit.add(vector)
-    return audit
+    counts = Audit(space.piece_counts, k, exempt=exempt)
+    weights = space.piece_counts.copy()
+    if dominated is not None and len(space.piece_leaf):
+        weights[dominated[space.piece_leaf]] = 1
+    sums = Audit(weights, k, exempt=exempt)
+    for version, vector in zip(hierarchy.versions, vectors):
+        counts.add(vector)
+        if '"sum":' in version.body:
+            sums.add(vector)
+    return counts, sums
 
 
-def decide(hierarchy: Hierarchy, k: int, epoch: int) -> tuple[list[int], int]:
-    """(aggregate ids to serve as new versions, rows withheld) for one hierarchy."""
+def shape_of(row, k: int, extremes: str, p_percent) -> str:
+    """What a row that passes the threshold may show (dacc.publication.sql.SHAPES):
+    - dominance (pPercent): the values other than the two largest must reach p % of the
+      largest (non-negative values), else count only;
+    - few non-zero values: 0 < countNotZero < k shows count and countNotZero only (the
+      sum would be those few values);
+    - extremes: min, max, median, quartiles and std need 2k contributors (k2), never
+      (hide) or always (show)."""
+    if dominated(row, p_percent):
+        return "count"
+    if 0 < row.count_not_zero < k:
+        return "counts"
+    if extremes == "hide" or (extremes == "k2" and row.contributors < 2 * k):
+        return "no_extremes"
+    return "full"
+
+
+def dominated(row, p_percent) -> bool:
+    """The p% rule: the values other than the two largest sum to less than p % of the
+    largest (a cell with a negative value counts as dominated: the rule needs
+    non-negative values)."""
+    if p_percent is None:
+        return False
+    largest = row.largest_value or 0
+    rest = row.sum - largest - (row.second_largest_value or 0)
+    return row.min < 0 or rest * 100 < p_percent * largest
+
+
+def decide(hierarchy: Hierarchy, definition, epoch: int) -> tuple[list[tuple[int, str]], int]:
+    """([(aggregate id, shape)] to serve as new versions, rows withheld) for one hierarchy."""
+    k = definition.k
     space = PieceSpace(hierarchy)
-    audit = served_audit(space, hierarchy, k)
+    mask = np.zeros(len(space.leaf_counts), dtype=bool)
+    for row in hierarchy.rows:
+        groups = (row.g1, row.g2, row.g3)
+        if not any(stars_of(groups)) and dominated(row, definition.p_percent):
+            mask |= space.coverage.of(groups, (False, False, False))
+    counts, sums = served_audits(space, hierarchy, k, dominated=mask)
     candidates = []
     for row in hierarchy.rows:
-        if row.count < k:
+        # k counts distinct contributors (a measure without one is its own).
+        if row.count < k or row.contributors < k:
             continue
         if row.served is not None and row.count < row.served + k:
             continue  # rule 3 (also keeps a row that lost contributions as served)
         groups = (row.g1, row.g2, row.g3)
         stars = sum(stars_of(groups))
-        candidates.append((stars, row.served is None, [g or "" for g in groups], row.id, groups, row.count))
-    candidates.sort()
+        candidates.append((stars, row.served is None, [g or "" for g in groups], row.id, groups, row))
+    candidates.sort(key=lambda c: c[:4])
     accepted, withheld = [], 0
-    for _, _, _, aggregate_id, groups, count in candidates:
-        if space.consistent(groups, count) and audit.try_add(space.vector(groups, epoch)):
-            accepted.append(aggregate_id)
+    for _, _, _, aggregate_id, groups, row in candidates:
+        if not space.consistent(groups, row.count):
+            withheld += 1
+            continue
+        shape = shape_of(row, k, definition.extremes, definition.p_percent)
+        vector = space.vector(groups, epoch)
+        # A row that hides its sum counts as withheld for the sums' audit: a total
+        # above it must not give that sum away.
+        if counts.try_add(vector) and (shape in ("counts", "count") or sums.try_add(vector)):
+            accepted.append((aggregate_id, shape))
         else:
             withheld += 1
     return accepted, withheld
