@@ -272,6 +272,40 @@ def test_progress_lines_give_counts_and_rate(app, make_definition, broker, caplo
     assert " measures/s" in caplog.text
 
 
+def test_an_unexpected_error_stops_the_worker_without_acknowledging(app, make_definition, broker, monkeypatch):
+    from dacc.mqtt import worker as worker_module
+
+    make_definition("m")
+
+    def broken(measures):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(worker_module, "store_measures", broken)
+    stop = threading.Event()
+    worker = mqtt.Worker(broker.config(), stop=stop)
+    outcome = []
+
+    def target():
+        with app.app_context():
+            try:
+                worker.run()
+            except RuntimeError as exc:
+                outcome.append(str(exc))
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    _wait_for(lambda: worker._connection > 0, what="a connection")
+    time.sleep(0.3)  # subscribed
+    with publisher(broker.port) as client:
+        publish(client, [measure(1)])
+    thread.join(15)
+    assert not thread.is_alive() and outcome == ["a bug"]
+    monkeypatch.undo()
+    # Not acknowledged: the next worker of the same session stores it.
+    with running_worker(app, broker.config()):
+        _wait_for(lambda: count() == 1, what="the redelivered message")
+
+
 def test_broker_down_at_start_then_up_logs_once_and_connects(app, make_definition, tmp_path, caplog):
     """Reconnection with backoff: one line for the outage, one when connected."""
     make_definition("m")

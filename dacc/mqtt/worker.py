@@ -176,7 +176,7 @@ class Worker:
         try:
             self._consume(writer)
         finally:
-            self._batches.put(None)
+            self._hand_over_to(writer, None)  # the writer ends after the last batch
             writer.join()
             self.client.disconnect()
             self._disconnected.wait(5)  # the acks go out before the DISCONNECT
@@ -220,7 +220,9 @@ class Worker:
         progress.tick(force=True)
 
     def _hand_over(self, messages: list[Message], writer: threading.Thread) -> None:
-        batch = _Batch(messages, self._prevalidate(messages))
+        self._hand_over_to(writer, _Batch(messages, self._prevalidate(messages)))
+
+    def _hand_over_to(self, writer: threading.Thread, batch: _Batch | None) -> None:
         # At most one batch waits for the writer: while the database is away, the
         # worker stops taking messages, which stay unacknowledged at the broker.
         while True:
