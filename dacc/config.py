@@ -26,6 +26,8 @@ DACC_KEYS = (
     "bench_endpoints",
     "metrics",
     "contributor_secret",
+    "ingest_batch_ms",
+    "ingest_batch_max",
 )
 METRICS_MODES = ("off", "open", "token")
 MQTT_KEYS = (
@@ -60,6 +62,8 @@ def _project_instance_dir() -> Path:
 
 DEFAULT_DATA_DIR = str(_project_instance_dir() / "pgdata")
 MIN_SECRET_LENGTH = 32
+MAX_INGEST_BATCH_MS = 1000
+MAX_INGEST_BATCH = 10_000
 
 
 class ConfigError(click.ClickException):
@@ -136,6 +140,11 @@ class Config:
     """Key of the contributor hashes (HMAC-SHA256). None: the embedded default keeps one
     in its instance folder (dacc.contributors); an external database needs it set, so
     that every web process hashes alike."""
+    ingest_batch_ms: int = 2
+    """Group commit of POST /measure: how long a batch may wait for more measures while
+    others are on their way (0..1000 ms); 0 turns it off (one commit per request)."""
+    ingest_batch_max: int = 100
+    """Most measures one group commit holds (1..10,000)."""
     testing: bool = False
 
     @property
@@ -304,6 +313,11 @@ def _read_dacc_section(section, where: str, values: dict) -> None:
                 f" {MIN_SECRET_LENGTH} characters"
             )
         values["contributor_secret"] = secret
+    for key, low, high in (("ingest_batch_ms", 0, MAX_INGEST_BATCH_MS), ("ingest_batch_max", 1, MAX_INGEST_BATCH)):
+        if key in section:
+            if not _is_int(section[key]) or not low <= section[key] <= high:
+                raise ConfigError(f"{where}: 'dacc.{key}' must be an integer {low}..{high}")
+            values[key] = section[key]
 
 
 def _read_mqtt_section(section, env_password: str | None, where: str) -> MqttConfig:

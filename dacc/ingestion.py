@@ -10,14 +10,16 @@ import math
 import re
 from datetime import datetime, timedelta, timezone
 from decimal import ROUND_HALF_UP, Decimal
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import sqlalchemy as sa
+from flask import current_app
 
 from dacc.db import db
 from dacc.contributors import contributor_key, hash_contributor
 from dacc.definitions import DefinitionRules, get_definition_rules
 from dacc.errors import BadRequest, Conflict, Forbidden
+from dacc.measure_writer import MeasureWriter
 from dacc.models.definitions import ANY_WRITER, KEY_LENGTH, NAME_LENGTH
 from dacc.validation import FUTURE_TOLERANCE, shown
 
@@ -35,6 +37,7 @@ START_DATE = re.compile(
     r"(?:[Tt ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d{1,9})?)?(?:[Zz]|[+-]\d{2}(?::?\d{2})?)?)?"
 )
 _INT_GROUP_LIMIT = 10**KEY_LENGTH
+WRITER_EXTENSION = "dacc_measure_writer"
 WILDCARD = "*"
 """A group value of "*" marks a wildcard aggregate: a raw measure carrying it would be
 merged into the wildcard cell and skew (or unmask) it."""
@@ -361,6 +364,32 @@ SELECT (SELECT count(*) FROM stored) AS inserted,
        (SELECT count(*) FROM counted) AS counted
 """)
 
+_BATCH_FIELDS = ("measure_name", "value", "start_date", "created_by", "contributor", "measure_id")
+# Group commit: the measures of concurrent requests as parallel arrays, unnested into
+# rows, one statement. Same measureId rule as _INSERT_KEYED (ids are unique per org
+# within the batch, deduplicated in Python); the data-modifying CTEs run to completion
+# even though the outer SELECT reads only the keys that were new, which tell stored
+# from duplicate. Measures under a contributor cap are not written here.
+_INSERT_BATCH = sa.text(f"""
+WITH batch AS (
+    SELECT * FROM unnest(
+        CAST(:measure_name AS text[]), CAST(:value AS numeric[]), CAST(:start_date AS timestamp[]),
+        CAST(:created_by AS text[]), CAST(:group1 AS jsonb[]), CAST(:group2 AS jsonb[]),
+        CAST(:group3 AS jsonb[]), CAST(:contributor AS bytea[]), CAST(:org AS text[]),
+        CAST(:measure_id AS text[])
+    ) AS b(measure_name, value, start_date, created_by, group1, group2, group3, contributor, org, measure_id)
+), new_key AS (
+    INSERT INTO measure_key (measure_name, org, measure_id)
+    SELECT measure_name, org, measure_id FROM batch WHERE measure_id IS NOT NULL
+    ON CONFLICT DO NOTHING RETURNING measure_name, org, measure_id
+), stored AS (
+    INSERT INTO raw_measure ({_RAW_COLUMNS})
+    SELECT measure_name, value, start_date, created_by, group1, group2, group3, contributor FROM batch b
+    WHERE b.measure_id IS NULL OR (b.measure_name, b.org, b.measure_id) IN (SELECT * FROM new_key)
+)
+SELECT measure_name, org, measure_id FROM new_key
+""")
+
 NULL = "\\N"
 _COPY_COLUMNS = "(measure_name, start_date, created_by, value, group1, group2, group3, contributor"
 # COPY text format: backslash starts an escape; validation already refused control
@@ -374,10 +403,64 @@ def record_measure(body, *, org: str | None = None, app: str | None = None) -> R
 
     Raises BadRequest or Forbidden with nothing written, Conflict (nothing written) when
     its contributor already reached the definition's maxContributionsPerCell in its
-    cell. One INSERT statement, one commit.
+    cell. Returns only once the measure is committed: alone (one INSERT statement, one
+    commit) or, with group commit on (`dacc.ingest_batch_ms` > 0), in the batch that the
+    process's writer shares with concurrent requests. A database error raised here means
+    nothing of it is stored.
     """
-    measure = parse_measure(body, org=org, app=app)
-    params = {
+    writer = _measure_writer()
+    if writer is None:
+        try:
+            inserted = _store_one(parse_measure(body, org=org, app=app))
+        except Conflict:
+            db.session.rollback()
+            raise
+        db.session.commit()
+    else:
+        inserted = writer.write(parse_measure, body, org=org, app=app)
+    return RecordResult(int(inserted), 1 - int(inserted))
+
+
+def _measure_writer() -> MeasureWriter | None:
+    """This process's writer, made on first use: after gunicorn forked the worker and
+    gevent (if used) patched `threading`. None when group commit is off."""
+    app = current_app._get_current_object()
+    writer = app.extensions.get(WRITER_EXTENSION)
+    if writer is None:
+        config = app.config["DACC"]
+        if not config.ingest_batch_ms:
+            return None
+        made = MeasureWriter(
+            store_one=_store_one,
+            store_batch=_store_batch,
+            window_ms=config.ingest_batch_ms,
+            batch_max=config.ingest_batch_max,
+        )
+        writer = app.extensions.setdefault(WRITER_EXTENSION, made)  # atomic: one per process
+    return writer
+
+
+def _store_one(measure: Measure) -> bool:
+    """Execute (no commit) the INSERT of one measure; False if its measureId is stored.
+
+    Raises Conflict when its contributor is at its cap; the caller rolls back."""
+    params = _params(measure)
+    cap = _cap(measure)
+    if cap is not None:
+        params["cap"] = cap
+        statement = _INSERT_CAPPED_UNKEYED if measure.measure_id is None else _INSERT_CAPPED_KEYED
+        new_key, inserted = db.session.execute(statement, params).one()
+        if new_key and not inserted:
+            raise Conflict(_cap_message(measure.measure_name, cap))
+        return bool(inserted)
+    if measure.measure_id is None:
+        db.session.execute(_INSERT, params)
+        return True
+    return db.session.execute(_INSERT_KEYED, params).rowcount == 1
+
+
+def _params(measure: Measure) -> dict:
+    return {
         "measure_name": measure.measure_name,
         "value": measure.value,
         "start_date": measure.start_date,
@@ -386,24 +469,43 @@ def record_measure(body, *, org: str | None = None, app: str | None = None) -> R
         "group2": _json(measure.group2),
         "group3": _json(measure.group3),
         "contributor": measure.contributor,
-        "org": org or "",
+        "org": measure.org or "",
         "measure_id": measure.measure_id,
     }
-    cap = _cap(measure)
-    if cap is not None:
-        params["cap"] = cap
-        statement = _INSERT_CAPPED_UNKEYED if measure.measure_id is None else _INSERT_CAPPED_KEYED
-        new_key, inserted = db.session.execute(statement, params).one()
-        if new_key and not inserted:
-            db.session.rollback()
-            raise Conflict(_cap_message(measure.measure_name, cap))
-    elif measure.measure_id is None:
-        db.session.execute(_INSERT, params)
-        inserted = 1
-    else:
-        inserted = db.session.execute(_INSERT_KEYED, params).rowcount
-    db.session.commit()
-    return RecordResult(inserted, 1 - inserted)
+
+
+def _store_batch(measures: Sequence[Measure]) -> list[bool]:
+    """Execute (no commit) the INSERT of several measures; per measure, False when its
+    measureId was already stored for its org or came earlier in the batch (the first
+    one is stored). Measures under a contributor cap go one statement each (the cap's
+    rule); the others all in one. Raises Conflict when a capped one is at its cap."""
+    seen: set[tuple] = set()
+    plain: list[Measure] = []
+    results: dict[int, bool] = {}
+    for index, measure in enumerate(measures):
+        if measure.measure_id is not None:
+            key = (measure.measure_name, measure.org or "", measure.measure_id)
+            if key in seen:
+                results[index] = False
+                continue
+            seen.add(key)
+        if _cap(measure) is not None:
+            results[index] = _store_one(measure)
+        else:
+            plain.append(measure)
+    new_keys: set[tuple] = set()
+    if plain:
+        columns = dict(zip(Measure._fields, zip(*plain)))
+        params = {field: list(columns[field]) for field in _BATCH_FIELDS}
+        params["org"] = [org or "" for org in columns["org"]]
+        for group in ("group1", "group2", "group3"):
+            params[group] = [_json(g) for g in columns[group]]
+        new_keys = set(db.session.execute(_INSERT_BATCH, params).tuples())
+    return [
+        results[index] if index in results
+        else m.measure_id is None or (m.measure_name, m.org or "", m.measure_id) in new_keys
+        for index, m in enumerate(measures)
+    ]
 
 
 def record_measures(items, *, org: str | None = None, app: str | None = None) -> RecordResult:

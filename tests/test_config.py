@@ -284,3 +284,31 @@ def test_bad_mqtt_section_names_the_key(tmp_path, section, fault):
     (tmp_path / "config.yml").write_text(f"mqtt: {section}\n")
     with pytest.raises(ConfigError, match=r"config\.yml: " + fault.replace("[", r"\[").replace("]", r"\]").replace("+", r"\+")):
         load_config({}, tmp_path)
+
+
+def test_group_commit_is_on_by_default_and_read_from_the_dacc_section(tmp_path):
+    config = load_config({}, tmp_path)
+    assert (config.ingest_batch_ms, config.ingest_batch_max) == (2, 100)
+    (tmp_path / "config.yml").write_text("dacc: {ingest_batch_ms: 0, ingest_batch_max: 1}")
+    config = load_config({}, tmp_path)
+    assert (config.ingest_batch_ms, config.ingest_batch_max) == (0, 1)
+
+
+@pytest.mark.parametrize(
+    "text, fault",
+    [
+        ("dacc: {ingest_batch_ms: -1}", "'dacc.ingest_batch_ms' must be an integer 0..1000"),
+        ("dacc: {ingest_batch_ms: 1001}", "'dacc.ingest_batch_ms' must be an integer 0..1000"),
+        ("dacc: {ingest_batch_ms: 2.5}", "'dacc.ingest_batch_ms' must be an integer 0..1000"),
+        ("dacc: {ingest_batch_ms: true}", "'dacc.ingest_batch_ms' must be an integer 0..1000"),
+        ("dacc: {ingest_batch_max: 0}", "'dacc.ingest_batch_max' must be an integer 1..10000"),
+        ("dacc: {ingest_batch_max: 10001}", "'dacc.ingest_batch_max' must be an integer 1..10000"),
+        ("dacc: {ingest_batch_size: 10}", "unknown key 'dacc.ingest_batch_size'"),
+    ],
+)
+def test_bad_group_commit_settings_name_the_key(tmp_path, text, fault):
+    path = tmp_path / "config.yml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config({}, tmp_path)
+    assert info.value.message == f"{path}: {fault}"

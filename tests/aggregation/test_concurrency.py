@@ -150,6 +150,12 @@ def test_measures_posted_during_repeated_runs_are_each_counted_once(
     # The runs really overlapped the load: several of them found new measures.
     assert sum(1 for n in runs if n > 0) >= 3, runs
 
+    # Group commit (on by default) really shared commits between requests.
+    transactions = db.session.execute(
+        sa.text("SELECT count(DISTINCT txid) FROM raw_measure WHERE measure_name = 'load'")
+    ).scalar()
+    assert transactions < MEASURES
+
     compute_aggregation("load", force=True)
     plain = {
         (k[0].strftime("%Y-%m-%d"), json.loads(k[2])["g1"], json.loads(k[3])["g2"]): v

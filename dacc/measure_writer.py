@@ -1,0 +1,194 @@
+"""Group commit for POST /measure: concurrent requests of one process share one commit."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+import time
+from typing import Any, Callable, Sequence
+
+from sqlalchemy.exc import OperationalError
+
+from dacc.db import db
+
+log = logging.getLogger(__name__)
+
+_UNSET = object()
+
+
+class _Pending:
+    """One request's measure, and its outcome once the writer has settled it."""
+
+    __slots__ = ("item", "done", "result", "error")
+
+    def __init__(self, item):
+        self.item = item
+        self.done = False
+        self.result: Any = _UNSET
+        self.error: BaseException | None = None
+
+
+class MeasureWriter:
+    """Gathers the validated measures of concurrent requests into shared transactions.
+
+    There is no writer thread: the first request that finds no batch being written
+    becomes the leader, takes what is queued (at most `batch_max`) and writes it on its
+    own session in one transaction; requests arriving meanwhile queue behind it, and one
+    of them leads the next batch. So a lone request is written at once, a busy process
+    commits once per batch, and nothing is left pending when a worker stops serving:
+    each queued measure belongs to a request still waiting for its answer, which
+    writes it itself if nobody else does.
+
+    The leader waits up to `window_ms` for more measures only while other requests are
+    being validated (they are about to queue). Only `threading` primitives are used, so
+    it works in threaded workers and under gevent's monkey-patching alike.
+
+    `store_one(item)` and `store_batch(items)` execute the SQL (no commit) and return
+    each item's result; the writer commits. A refusal of a batch (a database error, or
+    an exception such as a contributor's cap) is retried item by item, so that only the
+    faulty item fails; an unreachable database (OperationalError) fails the whole
+    batch, as it would each request alone.
+    """
+
+    def __init__(
+        self,
+        *,
+        store_one: Callable[[Any], Any],
+        store_batch: Callable[[Sequence[Any]], Sequence[Any]],
+        window_ms: int,
+        batch_max: int,
+    ):
+        self._store_one = store_one
+        self._store_batch = store_batch
+        self._window = window_ms / 1000
+        self._max = batch_max
+        self._lock = threading.Lock()
+        self._answered = threading.Condition(self._lock)
+        self._arrived = threading.Condition(self._lock)
+        self._queue: list[_Pending] = []
+        self._writing = False
+        self._validating = 0
+
+    @property
+    def pending(self) -> int:
+        """Measures queued for the next batch (not the one being written)."""
+        return len(self._queue)
+
+    def write(self, validate: Callable[..., Any], *args, **kwargs) -> Any:
+        """Validate with `validate(*args, **kwargs)`, then store the item; its result once
+        committed.
+
+        Raises what `validate` raises (nothing stored), or the database error that
+        refused this item (nothing of it stored).
+        """
+        with self._lock:
+            self._validating += 1
+        try:
+            item = validate(*args, **kwargs)
+        except BaseException:
+            with self._lock:
+                self._validating -= 1
+                self._arrived.notify()
+            raise
+        pending = _Pending(item)
+        with self._lock:
+            self._validating -= 1
+            self._queue.append(pending)
+            self._arrived.notify()
+            while not pending.done:
+                if self._writing:
+                    self._answered.wait()
+                else:
+                    self._lead()
+        if pending.error is not None:
+            raise pending.error
+        return pending.result
+
+    def _lead(self) -> None:
+        """Write one batch; called and returns with the lock held, releases it meanwhile."""
+        self._writing = True
+        batch: list[_Pending] = []
+        try:
+            if self._validating and len(self._queue) < self._max:
+                deadline = time.monotonic() + self._window
+                while self._validating and len(self._queue) < self._max:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._arrived.wait(left)
+            batch = self._queue[: self._max]
+            del self._queue[: self._max]
+            self._lock.release()
+            try:
+                self._flush(batch)
+            finally:
+                self._lock.acquire()
+        finally:
+            for pending in batch:
+                if pending.result is _UNSET and pending.error is None:
+                    # Only if _flush itself was interrupted (e.g. a worker timeout):
+                    # the transaction was rolled back or never committed.
+                    pending.error = RuntimeError("the measure's batch was interrupted")
+                pending.done = True
+            self._writing = False
+            self._answered.notify_all()
+
+    def _flush(self, batch: list[_Pending]) -> None:
+        """Store and commit the batch; set each pending's result or error. Never raises
+        an Exception (a BaseException such as a worker timeout does propagate)."""
+        items = [pending.item for pending in batch]
+        try:
+            results = [self._store_one(items[0])] if len(items) == 1 else self._store_batch(items)
+            db.session.commit()
+        except OperationalError as exc:
+            # The database is away or the connection broke: each request answers 503.
+            _rollback()
+            _fail_all(batch, exc)
+        except Exception as exc:
+            # A refusal (a database constraint, a contributor's cap, ...): nothing of the
+            # batch is stored; each measure is tried again alone, so only its own fails.
+            _rollback()
+            if len(batch) == 1:
+                batch[0].error = exc
+            else:
+                log.info("a batch of %d measures was refused (%s), retrying each alone", len(batch), type(exc).__name__)
+                self._store_each(batch)
+        else:
+            for pending, result in zip(batch, results, strict=True):
+                pending.result = result
+            if len(batch) > 1:
+                log.debug("stored %d measures in one commit", len(batch))
+
+    def _store_each(self, batch: list[_Pending]) -> None:
+        """One transaction per item, so that the refused ones fail alone."""
+        for pending in batch:
+            try:
+                result = self._store_one(pending.item)
+                db.session.commit()
+            except Exception as exc:
+                _rollback()
+                pending.error = exc
+            else:
+                pending.result = result
+
+
+def _fail_all(batch: list[_Pending], exc: Exception) -> None:
+    # Each request raises its own copy: one exception object raised in several
+    # threads would have its traceback rewritten under the others' feet.
+    for index, pending in enumerate(batch):
+        pending.error = exc if index == 0 else _copied(exc)
+
+
+def _copied(exc: Exception) -> Exception:
+    try:
+        return copy.copy(exc)
+    except Exception:  # an exception type that cannot be copied: share it
+        return exc
+
+
+def _rollback() -> None:
+    try:
+        db.session.rollback()
+    except Exception:  # the connection may be gone; the error is reported anyway
+        log.debug("rollback after a failed batch failed", exc_info=True)
