@@ -151,7 +151,7 @@ class Environment:
         self.config_file.write_text(
             "logging: {enable: true, logger_criticity: WARNING}\n"
             "dacc: {bench_endpoints: true, token_cache_seconds: 60,"
-            f" contributor_secret: {BENCH_SECRET}}}\n"
+            f" contributor_secret: {BENCH_SECRET}, ingest_batch_ms: {args.ingest_batch_ms}}}\n"
         )
         # PYTHONPATH: gunicorn and flask serve the tree this script lives in, not whatever
         # `dacc` the interpreter would find first.
@@ -334,11 +334,11 @@ class _Server:
 
 
 @contextlib.contextmanager
-def _gunicorn(env: Environment, args):
+def _gunicorn(env: Environment, args, *, config_file: Path | None = None, log_name: str = "gunicorn.log"):
     """Start serving the app on a free loopback port; stop gunicorn after."""
     listener = socket.create_server((loadgen.HOST, 0))
     listener.set_inheritable(True)
-    log_path = env.tmp / "gunicorn.log"
+    log_path = env.tmp / log_name
     log = open(log_path, "wb")
     command = [
         sys.executable, "-m", "gunicorn",
@@ -351,8 +351,9 @@ def _gunicorn(env: Environment, args):
         "--no-control-socket",  # else one shared $HOME/.gunicorn/gunicorn.ctl per host
         "dacc:create_app()",
     ]  # fmt: skip
+    variables = env.env if config_file is None else {**env.env, "DACC_CONFIG": str(config_file)}
     process = subprocess.Popen(
-        command, env=env.env, cwd=env.tmp, stdout=log, stderr=subprocess.STDOUT, pass_fds=(listener.fileno(),)
+        command, env=variables, cwd=env.tmp, stdout=log, stderr=subprocess.STDOUT, pass_fds=(listener.fileno(),)
     )
     try:
         yield _Server(listener.getsockname()[1], process, log_path)
@@ -478,19 +479,33 @@ def section_single(env: Environment) -> list[Figure]:
     headers = {"Authorization": env.tokens["write"]}
     real = [loadgen.build_request("POST", "/measure", body=b, headers=headers) for b in bodies]
     trivial = [loadgen.build_request("POST", "/_bench/insert", body=b, headers=headers) for b in bodies]
-    for requests in (trivial, real):  # warm every worker: token cache, pools, imports
-        _load(env, requests, total=200, connections=8)
+    window = env.args.ingest_batch_ms
     figures = []
-    for connections in (1, 8):
-        ceiling, result = _paired(env, trivial, real, total=count, connections=connections)
-        label = f"{connections} conn"
-        figures += [
-            Figure("single", f"POST /measure rate, {label}", result.rate, "measures/s", ceiling.rate, "ratio>=0.6",
-                   f"ceiling: POST /_bench/insert (one INSERT); generator {result.cpu_share:.2f} cores"),
-            Figure("single", f"POST /measure p50, {label}", result.percentile(50), "ms", ceiling.percentile(50)),
-            Figure("single", f"POST /measure p99, {label}", result.percentile(99), "ms", ceiling.percentile(99),
-                   "value<=20" if connections == 8 else ""),
-        ]  # fmt: skip
+    # A second server with group commit off serves today's one commit per request, so
+    # that the batched endpoint is compared with it in the same run.
+    with _unbatched_server(env) as alone_port:
+        runs = [(trivial, env.port), (real, env.port), (real, alone_port)]
+        for requests, port in runs:  # warm every worker: token cache, pools, imports
+            _load(env, requests, port=port, total=200, connections=8)
+        for connections in (1, 8):
+            (ceiling, result, alone), per_commit = _alternated(env, runs, total=count, connections=connections)
+            label = f"{connections} conn"
+            figures += [
+                Figure("single", f"POST /measure rate, {label}", result.rate, "measures/s", ceiling.rate,
+                       "ratio>=2" if connections == 8 else "ratio>=0.6",
+                       f"ceiling: POST /_bench/insert (one INSERT); generator {result.cpu_share:.2f} cores"),
+                Figure("single", f"POST /measure rate, {label}, group commit off", alone.rate, "measures/s",
+                       ceiling.rate, note="today's one commit per request; ceiling: the one-INSERT endpoint"),
+                Figure("single", f"POST /measure rate, {label}, against group commit off", result.rate, "measures/s",
+                       alone.rate, "ratio>=0.9" if connections == 1 else ""),
+                Figure("single", f"POST /measure p50, {label}", result.percentile(50), "ms", ceiling.percentile(50)),
+                Figure("single", f"POST /measure p99, {label}", result.percentile(99), "ms", ceiling.percentile(99),
+                       f"value<={20 + window}" if connections == 8 else "",
+                       f"target 20 ms + the {window} ms window" if connections == 8 else ""),
+                Figure("single", f"POST /measure p99, {label}, group commit off", alone.percentile(99), "ms",
+                       ceiling.percentile(99)),
+                Figure("single", f"measures per commit, {label}", per_commit, "", note=f"ingest_batch_ms {window}"),
+            ]  # fmt: skip
     # With a contributor on a capped measure: its HMAC and its quota upsert, same ceiling.
     named = [
         loadgen.build_request("POST", "/measure", body=json.dumps(contributor_body(i)).encode(), headers=headers)
@@ -510,6 +525,36 @@ def section_single(env: Environment) -> list[Figure]:
                note="canned-reply server; ceiling column: the trivial endpoint's rate")
     )  # fmt: skip
     return figures
+
+
+@contextlib.contextmanager
+def _unbatched_server(env: Environment):
+    """A second gunicorn, same settings, `ingest_batch_ms: 0`; yields its port."""
+    config = env.tmp / "config-unbatched.yml"
+    config.write_text(env.config_file.read_text().replace(f"ingest_batch_ms: {env.args.ingest_batch_ms}", "ingest_batch_ms: 0"))
+    with _gunicorn(env, env.args, config_file=config, log_name="gunicorn-unbatched.log") as server:
+        yield server.ready()
+
+
+def _alternated(env: Environment, runs, *, total: int, connections: int, rounds: int = 4):
+    """One combined result per (requests, port) of `runs`, measured in alternating
+    rounds; and the measures per commit of the second run (the batched endpoint)."""
+    results: list[list[loadgen.LoadResult]] = [[] for _ in runs]
+    rows = commits = 0
+    share = max(1, total // rounds)
+    for _ in range(rounds):
+        for index, (requests, port) in enumerate(runs):
+            since = env.execute("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint").scalar()
+            results[index].append(_load(env, requests, port=port, total=share, connections=connections))
+            if index == 1:
+                # Rows of one commit share its transaction id.
+                counted = env.execute(
+                    "SELECT count(*), count(DISTINCT txid) FROM raw_measure"
+                    " WHERE measure_name = 'bench.single' AND txid >= :since",
+                    {"since": since},
+                ).one()
+                rows, commits = rows + counted[0], commits + counted[1]
+    return [loadgen.LoadResult.combine(r) for r in results], rows / commits if commits else None
 
 
 def section_bulk(env: Environment) -> list[Figure]:
@@ -579,8 +624,8 @@ def _paired(env: Environment, ceiling_requests, requests, *, total: int, connect
     return loadgen.LoadResult.combine(ceilings), loadgen.LoadResult.combine(reals)
 
 
-def _load(env: Environment, requests, **kwargs) -> loadgen.LoadResult:
-    result = loadgen.run_load(env.port, requests, timeout=env.cap, **kwargs)
+def _load(env: Environment, requests, *, port: int | None = None, **kwargs) -> loadgen.LoadResult:
+    result = loadgen.run_load(port or env.port, requests, timeout=env.cap, **kwargs)
     if result.failures:
         raise RuntimeError(f"{result.failures} failed requests: {dict(result.statuses)}")
     return result
@@ -1231,6 +1276,8 @@ def parse_args(argv=None):
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (default 2)")
     parser.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker (default 4)")
     parser.add_argument("--worker-class", default="gthread", help="gunicorn worker class (default gthread)")
+    parser.add_argument("--ingest-batch-ms", type=int, default=2,
+                        help="the server's dacc.ingest_batch_ms (default 2; 0: group commit off)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, data)")
     return parser.parse_args(argv)
 
