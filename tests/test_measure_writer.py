@@ -60,19 +60,21 @@ def gated(app):
 
 
 def post_queued(app, state, headers, bodies):
-    """POST bodies[0] (held at the gate), then the others, which queue behind it; open
-    the gate once they all wait; the responses, in order."""
+    """POST bodies[0] (held at the gate), then the others one by one, each queued behind
+    it before the next is sent (so the queue is in their order); open the gate; the
+    responses, in order."""
     responses = [None] * len(bodies)
 
     def post(i):
-        responses[i] = app.test_client().post("/measure", json=bodies[i], headers=headers)
+        mine = headers[i] if isinstance(headers, list) else headers
+        responses[i] = app.test_client().post("/measure", json=bodies[i], headers=mine)
 
     threads = [threading.Thread(target=post, args=(i,)) for i in range(len(bodies))]
     threads[0].start()
     _wait_for(lambda: state.calls)
-    for thread in threads[1:]:
+    for queued, thread in enumerate(threads[1:], start=1):
         thread.start()
-    _wait_for(lambda: state.writer.pending == len(bodies) - 1)
+        _wait_for(lambda: state.writer.pending == queued)
     state.gate.set()
     for thread in threads:
         thread.join(30)
@@ -130,6 +132,34 @@ def test_measure_ids_in_one_batch_are_stored_once(app, client, headers, gated):
     assert stored_values() == [0, 1, 3, 5, 90]
     keys = db.session.execute(sa.text("SELECT measure_id FROM measure_key ORDER BY 1")).scalars().all()
     assert keys == ["a", "b", "old"]
+
+
+def test_the_same_measure_id_from_two_orgs_in_one_batch_is_two_measures(app, headers, auth_header, gated):
+    other = auth_header("other", scopes=["measure:write"])
+    state = gated()
+    bodies = [body(0), body(1, measureId="k"), body(2, measureId="k"), body(3, measureId="k")]
+    responses = post_queued(app, state, [headers, headers, other, other], bodies)
+    assert state.calls == [1, 3]
+    assert [r.status_code for r in responses] == [201, 201, 201, 200]
+    assert stored_values() == [0, 1, 2]
+
+
+def test_a_contributor_over_its_cap_is_refused_alone_in_its_batch(app, headers, make_definition, gated):
+    make_definition("capped", max_contributions_per_cell=1)
+    state = gated()
+
+    def capped(value, contributor, **extra):
+        return {**body(value, **extra), "measureName": "capped", "contributor": contributor}
+
+    bodies = [body(0), capped(1, "alice"), capped(2, "alice", measureId="a2"), capped(3, "bob"), body(4)]
+    responses = post_queued(app, state, headers, bodies)
+    assert [r.status_code for r in responses] == [201, 201, 409, 201, 201]
+    assert "maxContributionsPerCell" in responses[2].get_json()["error"]
+    # The batch met the cap, was rolled back whole, and each measure was retried alone.
+    assert state.calls == [1, 4, 1, 1, 1, 1]
+    assert stored_values() == [0, 1, 3, 4]
+    keys = db.session.execute(sa.text("SELECT measure_id FROM measure_key")).scalars().all()
+    assert keys == []  # the refused measure's id stays free
 
 
 @pytest.fixture
