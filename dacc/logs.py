@@ -40,12 +40,16 @@ def configure_logging(config: Config) -> None:
         handler = _syslog_handler(config.syslog_address)
         # Syslog is the destination: the records do not also go to the root's handlers.
         logger.propagate = False
+    elif logging.getLogger().handlers:
+        logger.propagate = True  # someone (pytest, --log-config) already chose where
+        return
     else:
-        logger.propagate = True
-        if logging.getLogger().handlers:
-            return  # someone (pytest, gunicorn --log-config) already chose where
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter(_FORMAT))
+        # Not through the root either: alembic's fileConfig gives the root a console
+        # handler when the embedded database is migrated, and every line would be
+        # written twice.
+        logger.propagate = False
     setattr(handler, _HANDLER_MARK, True)
     logger.addHandler(handler)
 
