@@ -92,7 +92,7 @@ class _Publisher:
                     break
                 if len(buffer) < pos + length:
                     break
-                kind, buffer = buffer[0] >> 4, buffer[pos + length:]
+                kind, buffer = buffer[0] >> 4, buffer[pos + length :]
                 if kind == 2:  # CONNACK
                     self.connected.set()
                 elif kind == 4:  # PUBACK

@@ -221,7 +221,7 @@ def test_bad_messages_are_set_aside_and_the_worker_keeps_going(app, make_definit
     assert errors[1] == "payload: not UTF-8 text"
     assert errors[2] == "body: expected a JSON object"
     assert errors[3] == "measureName: no measure definition named 'nope'"
-    assert errors[4] == "value: expected a finite number, got \"abc\""
+    assert errors[4] == 'value: expected a finite number, got "abc"'
     assert errors[5].startswith("item 1: group1: expected an object with the one key 'g1'")
     assert all(r.topic == f"{TOPIC}/device" and r.org == "org" for r in rows)
     assert rows[6].payload == big[:4096] and rows[6].payload_size == len(big)
@@ -247,12 +247,16 @@ def test_a_subscription_writes_as_its_org(app, make_definition, broker):
     """The subscription's org plays the token's part: write grants, measureId scope."""
     make_definition("m", writers=["org"])
     make_definition("theirs", writers=["other"])
-    config = broker.config(subscriptions=(Subscription("dacc/mine/#", "org"), Subscription(f"{TOPIC}/#", "other")))
+    config = broker.config(
+        subscriptions=(Subscription("dacc/mine/#", "org"), Subscription(f"{TOPIC}/#", "other"))
+    )
     with running_worker(app, config) as worker, publisher(broker.port) as client:
         publish(client, [measure(1, measureId="same"), measure(2, measureName="theirs")], topic="dacc/mine/a")
         publish(client, [measure(3, measureId="same")], topic=f"{TOPIC}/elsewhere")
         _wait_for(lambda: worker.counters.stored + worker.counters.rejected == 3, what="three outcomes")
-    rows = db.session.execute(sa.select(RejectedMessage.org, RejectedMessage.error).order_by(RejectedMessage.id)).all()
+    rows = db.session.execute(
+        sa.select(RejectedMessage.org, RejectedMessage.error).order_by(RejectedMessage.id)
+    ).all()
     assert [org for org, _ in rows] == ["org", "other"]
     assert rows[0].error == "measureName: this token may not send measures of 'theirs'"
     assert rows[1].error == "measureName: this token may not send measures of 'm'"
@@ -272,7 +276,9 @@ def test_progress_lines_give_counts_and_rate(app, make_definition, broker, caplo
     assert " measures/s" in caplog.text
 
 
-def test_an_unexpected_error_stops_the_worker_without_acknowledging(app, make_definition, broker, monkeypatch):
+def test_an_unexpected_error_stops_the_worker_without_acknowledging(
+    app, make_definition, broker, monkeypatch
+):
     from dacc.mqtt import worker as worker_module
 
     make_definition("m")
@@ -327,7 +333,9 @@ def test_broker_down_at_start_then_up_logs_once_and_connects(app, make_definitio
         assert caplog.text.count("broker unreachable") == 1
         conf = tmp_path / "late.conf"
         conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-        late = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        late = subprocess.Popen(
+            ["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         try:
             _wait_for(lambda: "subscribed to" in caplog.text, timeout=40, what="the reconnection")
             with publisher(port) as client:
@@ -397,7 +405,9 @@ def test_worker_killed_mid_batch_then_restarted_stores_every_message_once(
     total = 600
     worker = WorkerProcess(tmp_path, database_url, broker, batch_max_size=50, save_interval_ms=50)
     with publisher(broker.port) as client:
-        sender = threading.Thread(target=publish, args=(client, [measure(i, measureId=f"k{i}") for i in range(total)]))
+        sender = threading.Thread(
+            target=publish, args=(client, [measure(i, measureId=f"k{i}") for i in range(total)])
+        )
         sender.start()
         _wait_for(lambda: count() >= 100, what="some batches")
         worker.stop(signal.SIGKILL)  # mid-way: some messages stored, not yet acknowledged
@@ -412,7 +422,9 @@ def test_worker_killed_mid_batch_then_restarted_stores_every_message_once(
     assert "stopped: " in again.process.stdout.read()
 
 
-def test_sigterm_flushes_and_acknowledges_the_pending_batch(app, make_definition, broker, database_url, tmp_path):
+def test_sigterm_flushes_and_acknowledges_the_pending_batch(
+    app, make_definition, broker, database_url, tmp_path
+):
     make_definition("m")
     worker = WorkerProcess(tmp_path, database_url, broker, save_interval_ms=600_000)
     with publisher(broker.port) as client:

@@ -2,7 +2,7 @@
 
 import signal
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import click
 from flask import current_app
@@ -44,8 +44,16 @@ def mqtt_command():
 
 @ingest_group.command("rejected")
 @click.option("--topic", help="Only this topic (or, ending in '/#', this topic and those below).")
-@click.option("--since", metavar="DATE", help="Only messages received since DATE (ISO 8601; UTC if no offset).")
-@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True, help="Newest first, at most this many.")
+@click.option(
+    "--since", metavar="DATE", help="Only messages received since DATE (ISO 8601; UTC if no offset)."
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=100,
+    show_default=True,
+    help="Newest first, at most this many.",
+)
 @cli_errors
 def rejected_command(topic, since, limit):
     """List the MQTT messages set aside by `flask ingest mqtt`, newest first."""
@@ -54,7 +62,7 @@ def rejected_command(topic, since, limit):
         ("received", "topic", "org", "error", "bytes", "payload"),
         [
             (
-                r.received_at.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
+                r.received_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
                 r.topic,
                 r.org,
                 r.error,
@@ -73,8 +81,10 @@ def _since(value: str | None) -> datetime | None:
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
-        raise click.BadParameter(f"expected an ISO 8601 date or date-time, got {value!r}", param_hint="--since") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+        raise click.BadParameter(
+            f"expected an ISO 8601 date or date-time, got {value!r}", param_hint="--since"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _preview(payload: bytes) -> str:

@@ -9,7 +9,7 @@ import logging
 import queue
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import paho.mqtt.client as paho
 import psycopg2
@@ -141,7 +141,7 @@ class Worker:
     def _on_message(self, client, userdata, message):
         self.counters.received += 1
         self._inbox.put(Message(message.topic, message.payload, message.mid, message.qos,
-                                self._org(message.topic), datetime.now(timezone.utc),
+                                self._org(message.topic), datetime.now(UTC),
                                 self._connection))  # fmt: skip
 
     def _match_org(self, topic: str) -> str | None:
@@ -375,5 +375,3 @@ class _Progress:
                  " %d message(s) rejected; %.0f measures/s",
                  c.received, c.stored, c.duplicates, c.rejected, rate)  # fmt: skip
         self.last, self.stored = now, c.stored
-
-

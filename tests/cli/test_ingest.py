@@ -1,11 +1,11 @@
 """`flask ingest rejected|mqtt`: listing what was set aside, refusing without config."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from dacc.db import db
 from dacc.models import RejectedMessage
 
-NOW = datetime.now(timezone.utc)
+NOW = datetime.now(UTC)
 
 
 def reject(topic, *, age_days=0, error="payload: not valid JSON", payload=b"oops\n\x00"):
@@ -20,7 +20,7 @@ def listed(result) -> list[list[str]]:
 
 def test_rejected_lists_newest_first_with_a_one_line_preview(runner, app):
     reject("dacc/measures/a", age_days=2)
-    reject("dacc/measures/b", error="value: expected a finite number, got \"x\"", payload=b'{"value": "x"}')
+    reject("dacc/measures/b", error='value: expected a finite number, got "x"', payload=b'{"value": "x"}')
     result = runner.invoke(args=["ingest", "rejected"])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
