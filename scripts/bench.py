@@ -41,7 +41,7 @@ import sqlalchemy as sa  # noqa: E402
 
 from scripts import loadgen  # noqa: E402
 
-SECTIONS = ("single", "bulk", "aggregation", "restitution", "purge", "mqtt")
+SECTIONS = ("single", "bulk", "aggregation", "restitution", "publication", "purge", "mqtt")
 FULL = dict(
     single=20_000,  # requests per endpoint and concurrency
     bulk_bodies=20,  # POST /measures bodies of 10,000 items
@@ -52,6 +52,8 @@ FULL = dict(
     rest_requests=2_000,
     rest_long_requests=100,
     purge_rows=1_000_000,
+    pub_cells=1_000_000,  # aggregate cells of one measure (years of history)
+    pub_incremental=10_000,
     mqtt_messages=100_000,  # one measure per message
     mqtt_arrays=2_000,  # messages of MQTT_ARRAY_ITEMS measures
     mqtt_latency_seconds=10,
@@ -1180,11 +1182,19 @@ def _mqtt_latencies(env: Environment, port: int, payloads: list[str], rate: floa
     return latencies
 
 
+def section_publication(env: Environment, figure) -> list[Figure]:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_publication import section_publication as measure
+
+    return measure(env, figure)
+
+
 SECTION_FUNCTIONS = {
     "single": section_single,
     "bulk": section_bulk,
     "aggregation": section_aggregation,
     "restitution": section_restitution,
+    "publication": lambda env: section_publication(env, Figure),
     "purge": section_purge,
     "mqtt": section_mqtt,
 }

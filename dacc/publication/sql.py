@@ -88,13 +88,25 @@ ORDER BY 1, 2
 """
 
 SCOPE_JOIN = """JOIN unnest(CAST(:starts AS timestamp[]), CAST(:apps AS text[])) AS s (start_date, created_by)
-      ON s.start_date = {t}.start_date AND s.created_by = {t}.created_by"""
-"""Restrict table alias {t} to the hierarchies in scope."""
+      ON s.start_date = {t}.start_date AND s.created_by = {t}.created_by
+      AND {t}.start_date = ANY (CAST(:starts AS timestamp[]))"""
+"""Restrict table alias {t} to the hierarchies in scope. The ANY condition is an index
+condition beside measure_name (the planner cannot see through unnest): the statement
+reads the days in scope, not the measure's history."""
 
-SAME_CELL = " AND ".join(
-    ["l.measure_name = :name", "l.start_date = a.start_date", "l.created_by = a.created_by"]
-    + [f"l.group{i} IS NOT DISTINCT FROM a.group{i}" for i in (1, 2, 3)]
-)
+def same_cell(left: str, right: str) -> str:
+    """Join condition: the same cell. Absent groups are NULL; coalesced to JSON null
+    (never a stored group, which is an object) the test is an equality, which lets
+    PostgreSQL hash-join a day's cells instead of comparing every pair."""
+    return " AND ".join(
+        [f"{left}.measure_name = :name", f"{left}.start_date = {right}.start_date",
+         f"{left}.created_by = {right}.created_by"]
+        + [f"coalesce({left}.group{i}, 'null'::jsonb) = coalesce({right}.group{i}, 'null'::jsonb)"
+           for i in (1, 2, 3)]
+    )
+
+
+SAME_CELL = same_cell("l", "a")
 
 # Split what the plain cells in scope gained since the last publication into this
 # epoch's pieces, and move each cell's published count on. A cell whose count went down
@@ -102,18 +114,29 @@ SAME_CELL = " AND ".join(
 # for good: no row covering it is served anew. One statement.
 UPDATE_LEAVES = (
     """
-WITH cells AS (
-    SELECT a.start_date, a.created_by, a.group1, a.group2, a.group3, a.count,
-           l.id AS leaf_id, l.count AS published, l.frozen_at
+WITH plain AS MATERIALIZED (
+    SELECT a.start_date, a.created_by, a.group1, a.group2, a.group3, a.count
     FROM aggregate a
     """
     + SCOPE_JOIN.format(t="a")
     + """
-    LEFT JOIN publication_leaf l ON """
-    + SAME_CELL
-    + """
     WHERE a.measure_name = :name AND """
     + PLAIN
+    + """
+), known AS MATERIALIZED (
+    SELECT l.id, l.start_date, l.created_by, l.group1, l.group2, l.group3, l.count, l.frozen_at
+    FROM publication_leaf l
+    """
+    + SCOPE_JOIN.format(t="l")
+    + """
+    WHERE l.measure_name = :name
+), cells AS (
+    -- Two materialized sets, joined on equalities: a hash join, not a probe per cell.
+    SELECT a.start_date, a.created_by, a.group1, a.group2, a.group3, a.count,
+           l.id AS leaf_id, l.count AS published, l.frozen_at
+    FROM plain a
+    LEFT JOIN known l ON """
+    + same_cell("l", "a").replace("l.measure_name = :name AND ", "")
     + """
 ), pieces AS (
     INSERT INTO publication_piece
@@ -174,31 +197,32 @@ WHERE a.measure_name = :name
 ORDER BY a.id
 """
 )
-# Every row of the hierarchies in scope, all levels, with what is served of it now.
+# Every row of the hierarchies in scope, all levels, with what is served of it now (two
+# materialized sets hash-joined, as in UPDATE_LEAVES).
 CANDIDATES = (
     """
+WITH rows AS MATERIALIZED (
+    SELECT a.* FROM aggregate a
+    """
+    + SCOPE_JOIN.format(t="a")
+    + """
+    WHERE a.measure_name = :name
+), served AS MATERIALIZED (
+    SELECT p.start_date, p.created_by, p.group1, p.group2, p.group3, p.contributions
+    FROM published_cell p
+    """
+    + SCOPE_JOIN.format(t="p")
+    + """
+    WHERE p.measure_name = :name
+)
 SELECT a.id, a.start_date, a.created_by, """
     + GROUP_TEXT
     + """, a.count, a.count_not_zero, a.contributors, a.sum, a.min, a.largest_value,
-       a.second_largest_value,
-       coalesce(a.group1 """
-    + STAR_TEST
-    + """, false) AS s1,
-       coalesce(a.group2 """
-    + STAR_TEST
-    + """, false) AS s2,
-       coalesce(a.group3 """
-    + STAR_TEST
-    + """, false) AS s3,
-       p.contributions AS served
-FROM aggregate a
-"""
-    + SCOPE_JOIN.format(t="a")
+       a.second_largest_value, p.contributions AS served
+FROM rows a
+LEFT JOIN served p ON """
+    + same_cell("p", "a").replace("p.measure_name = :name AND ", "")
     + """
-LEFT JOIN published_cell p ON p.measure_name = :name AND p.start_date = a.start_date
-      AND p.created_by = a.created_by AND p.group1 IS NOT DISTINCT FROM a.group1
-      AND p.group2 IS NOT DISTINCT FROM a.group2 AND p.group3 IS NOT DISTINCT FROM a.group3
-WHERE a.measure_name = :name
 """
 )
 
