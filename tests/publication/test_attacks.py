@@ -174,12 +174,14 @@ def test_a_two_by_two_table_with_its_margins_hides_a_single_measure(app, reader)
     assert any("*" in key for key in served)  # margins that are safe are still served
 
 
-def test_random_three_way_tables_over_several_runs_leak_nothing(app, reader, runner):
-    define(groups=3, wildcards=[list(c) for n in (1, 2, 3) for c in itertools.combinations(
-        ("group1", "group2", "group3"), n)])
-    rng = random.Random(7)
-    truth = Truth(groups=3)
-    domains = (("p", "q"), ("r", "s"), ("t", "u"))
+@pytest.mark.parametrize("groups, seed", [(2, 3), (2, 5), (3, 7), (3, 11)])
+def test_random_tables_over_several_runs_leak_nothing(app, reader, runner, groups, seed):
+    names = ("group1", "group2", "group3")[:groups]
+    define(groups=groups, wildcards=[list(c) for n in range(1, groups + 1)
+                                     for c in itertools.combinations(names, n)])
+    rng = random.Random(seed)
+    truth = Truth(groups=groups)
+    domains = (("p", "q", "o"), ("r", "s"), ("t", "u"))[:groups]
     batches = []
     for run_number in range(4):
         first = len(truth.measures)
