@@ -234,7 +234,8 @@ WITH chosen AS (
     SELECT a.*, c.shape
     FROM aggregate a
     JOIN unnest(CAST(:ids AS bigint[]), CAST(:shapes AS text[])) AS c (id, shape) ON c.id = a.id
-    WHERE a.measure_name = :name
+    -- An index condition on the primary key: the planner cannot see through unnest.
+    WHERE a.measure_name = :name AND a.id = ANY (CAST(:ids AS bigint[]))
 ), shaped AS (
     -- What each row shows, rounded as served: the magnitude rules null fields out.
     SELECT measure_name, start_date, created_by, group1, group2, group3, count,
