@@ -6,7 +6,8 @@ import copy
 import logging
 import threading
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from sqlalchemy.exc import OperationalError
 
@@ -152,7 +153,11 @@ class MeasureWriter:
             if len(batch) == 1:
                 batch[0].error = exc
             else:
-                log.info("a batch of %d measures was refused (%s), retrying each alone", len(batch), type(exc).__name__)
+                log.info(
+                    "a batch of %d measures was refused (%s), retrying each alone",
+                    len(batch),
+                    type(exc).__name__,
+                )
                 self._store_each(batch)
         else:
             for pending, result in zip(batch, results, strict=True):

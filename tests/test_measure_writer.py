@@ -15,8 +15,14 @@ from dacc.measure_writer import MeasureWriter
 
 
 def body(value, **extra):
-    return {"measureName": "m", "value": value, "startDate": "2024-03-01", "createdBy": "app",
-            "group1": {"g1": "a"}, **extra}
+    return {
+        "measureName": "m",
+        "value": value,
+        "startDate": "2024-03-01",
+        "createdBy": "app",
+        "group1": {"g1": "a"},
+        **extra,
+    }
 
 
 @pytest.fixture
@@ -74,7 +80,7 @@ def post_queued(app, state, headers, bodies):
     _wait_for(lambda: state.calls)
     for queued, thread in enumerate(threads[1:], start=1):
         thread.start()
-        _wait_for(lambda: state.writer.pending == queued)
+        _wait_for(lambda queued=queued: state.writer.pending == queued)
     state.gate.set()
     for thread in threads:
         thread.join(30)
@@ -117,8 +123,14 @@ def test_a_batch_holds_at_most_ingest_batch_max(app, headers, gated):
 def test_measure_ids_in_one_batch_are_stored_once(app, client, headers, gated):
     assert client.post("/measure", json=body(90, measureId="old"), headers=headers).status_code == 201
     state = gated()
-    bodies = [body(0), body(1, measureId="a"), body(2, measureId="a"), body(3, measureId="b"),
-              body(4, measureId="old"), body(5)]
+    bodies = [
+        body(0),
+        body(1, measureId="a"),
+        body(2, measureId="a"),
+        body(3, measureId="b"),
+        body(4, measureId="old"),
+        body(5),
+    ]
     responses = post_queued(app, state, headers, bodies)
     assert state.calls == [1, 5]
     assert [(r.status_code, r.get_json()) for r in responses] == [
@@ -166,14 +178,18 @@ def test_a_contributor_over_its_cap_is_refused_alone_in_its_batch(app, headers, 
 def refuse_666(app):
     """A database-level rule that validation does not know: value 666 is refused."""
     with db.engine.begin() as conn:
-        conn.execute(sa.text(
-            "CREATE FUNCTION refuse_666() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
-            " IF NEW.value = 666 THEN RAISE EXCEPTION 'no 666' USING ERRCODE = 'check_violation'; END IF;"
-            " RETURN NEW; END $$"
-        ))
-        conn.execute(sa.text(
-            "CREATE TRIGGER refuse_666 BEFORE INSERT ON raw_measure FOR EACH ROW EXECUTE FUNCTION refuse_666()"
-        ))
+        conn.execute(
+            sa.text(
+                "CREATE FUNCTION refuse_666() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+                " IF NEW.value = 666 THEN RAISE EXCEPTION 'no 666' USING ERRCODE = 'check_violation'; END IF;"
+                " RETURN NEW; END $$"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "CREATE TRIGGER refuse_666 BEFORE INSERT ON raw_measure FOR EACH ROW EXECUTE FUNCTION refuse_666()"
+            )
+        )
     yield
     db.session.rollback()  # the test's reads hold a lock that DROP TRIGGER waits for
     with db.engine.begin() as conn:

@@ -87,12 +87,22 @@ def _wait_for(condition, timeout=30):
 
 
 def _post(port, secret, i, outcomes):
-    body = {"measureName": "m", "value": i, "startDate": "2024-03-01", "createdBy": "app",
-            "group1": {"g1": "a"}, "measureId": f"id-{i}"}
+    body = {
+        "measureName": "m",
+        "value": i,
+        "startDate": "2024-03-01",
+        "createdBy": "app",
+        "group1": {"g1": "a"},
+        "measureId": f"id-{i}",
+    }
     try:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        connection.request("POST", "/measure", body=json.dumps(body),
-                           headers={"Authorization": f"Bearer {secret}", "Content-Type": "application/json"})
+        connection.request(
+            "POST",
+            "/measure",
+            body=json.dumps(body),
+            headers={"Authorization": f"Bearer {secret}", "Content-Type": "application/json"},
+        )
         outcomes[i] = connection.getresponse().status
     except (OSError, http.client.HTTPException) as exc:
         outcomes[i] = type(exc).__name__
@@ -158,7 +168,9 @@ def test_kill_9_in_the_middle_of_a_batch_loses_no_measure_that_got_a_201(app, se
     with second.cursor() as cur:
         cur.execute("SELECT pg_backend_pid()")
         second_pid = cur.fetchone()[0]
-    locking = threading.Thread(target=lambda: second.cursor().execute("LOCK TABLE raw_measure IN ACCESS EXCLUSIVE MODE"))
+    locking = threading.Thread(
+        target=lambda: second.cursor().execute("LOCK TABLE raw_measure IN ACCESS EXCLUSIVE MODE")
+    )
     locking.start()
     _wait_for(lambda: _is_blocked(second_pid))
     holder.rollback()
@@ -198,4 +210,6 @@ def _is_blocked(pid):
 
 def _query_of(pid):
     with db.engine.connect() as conn:
-        return conn.execute(sa.text("SELECT query FROM pg_stat_activity WHERE pid = :pid"), {"pid": pid}).scalar()
+        return conn.execute(
+            sa.text("SELECT query FROM pg_stat_activity WHERE pid = :pid"), {"pid": pid}
+        ).scalar()
