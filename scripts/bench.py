@@ -1284,8 +1284,8 @@ def parse_args(argv=None):
     parser.add_argument("--only", nargs="+", choices=SECTIONS, help="run only these sections")
     parser.add_argument("--count", type=int, help="POST /measure requests per run (default 20,000; quick 2,000)")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (default 2)")
-    parser.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker (default 4)")
-    parser.add_argument("--worker-class", default="gthread", help="gunicorn worker class (default gthread)")
+    parser.add_argument("--threads", type=int, default=8, help="threads per gunicorn worker (default 8, as served)")
+    parser.add_argument("--worker-class", default="dacc.serving.Worker", help="gunicorn worker class (default dacc.serving.Worker, as served)")
     parser.add_argument("--ingest-batch-ms", type=int, default=2,
                         help="the server's dacc.ingest_batch_ms (default 2; 0: group commit off)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, data)")

@@ -9,4 +9,6 @@ rm -rf "$PROMETHEUS_MULTIPROC_DIR"
 mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
 # No control socket: DACC needs none, and gunicorn's default one is shared by every
 # instance of the user on the host.
-exec gunicorn --no-control-socket -w "${WEB_WORKERS:-4}" -b 0.0.0.0:5000 'dacc:create_app()'
+# The worker class and options: see dacc/serving.py and the README's "Serving".
+exec gunicorn --no-control-socket --worker-class dacc.serving.Worker --threads 8 --keep-alive 5 \
+    -w "${WEB_WORKERS:-4}" -b 0.0.0.0:5000 'dacc:create_app()'
