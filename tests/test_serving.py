@@ -144,7 +144,10 @@ def test_a_slow_head_is_cut_off_and_a_slow_body_gets_408(served):
     with socket.create_connection(("127.0.0.1", served.port), timeout=20) as sock:
         sock.sendall(b"POST /measure HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                      b"Content-Length: 100\r\n\r\n{")
-        status, body = _answer(sock.recv(1000))
+        answer = b""
+        while chunk := sock.recv(1000):
+            answer += chunk
+        status, body = _answer(answer)
     assert (status, body) == (408, {"error": "body: not received within 10 s"})
 
 
