@@ -80,7 +80,7 @@ def publish_measure(conn, name: str, *, full: bool = False) -> PublicationResult
         params["apps"] = [s.created_by for s in scope]
         conn.execute(sa.text(sql.UPDATE_LEAVES), params)
         chosen = []
-        for key, hierarchy in load_hierarchies(conn, params).items():
+        for hierarchy in load_hierarchies(conn, params).values():
             accepted, withheld = decide(hierarchy, definition, params["epoch"])
             chosen += accepted
             result.withheld += withheld
