@@ -62,6 +62,25 @@ def app(session_app):
 
 
 @pytest.fixture
+def unmigrated_app(tmp_path):
+    """An app on an empty database of its own (a server in tmp_path), for migration
+    tests that must not touch the shared test database; stopped afterwards."""
+    import pgserver
+
+    server = pgserver.get_server(tmp_path / "pg", cleanup_mode="stop")
+    try:
+        create_database(server.get_uri("postgres"), "m")
+        url = normalise_database_url(server.get_uri("m"))
+        app = create_app(Config(database_url=url, testing=True))
+        with app.app_context():
+            yield app
+            db.session.remove()
+            db.engine.dispose()
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
 def client(app):
     return app.test_client()
 

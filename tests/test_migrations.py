@@ -26,28 +26,14 @@ def test_filtered_view_is_the_ledger_view_of_the_code(app):
     assert (kind, live) == ("v", code)
 
 
-def test_downgrade_to_base_then_upgrade_again(tmp_path):
+def test_downgrade_to_base_then_upgrade_again(unmigrated_app):
     """On a database of its own, so the shared test database stays intact."""
-    import pgserver
     from flask_migrate import downgrade, upgrade
 
-    from dacc import create_app
-    from dacc.config import Config
-    from dacc.embedded import create_database
-
-    server = pgserver.get_server(tmp_path / "pg", cleanup_mode="stop")
-    try:
-        create_database(server.get_uri("postgres"), "m")
-        url = server.get_uri("m").replace("postgresql://", "postgresql+psycopg2://")
-        app = create_app(Config(database_url=url, testing=True))
-        with app.app_context():
-            upgrade()
-            assert "raw_measure" in sa.inspect(db.engine).get_table_names()
-            downgrade(revision="base")
-            assert sa.inspect(db.engine).get_table_names() == ["alembic_version"]
-            upgrade()
-            names = set(sa.inspect(db.engine).get_table_names())
-            assert {"aggregate", "api_token", "measure_definition", "raw_measure"} <= names
-            db.engine.dispose()
-    finally:
-        server.cleanup()
+    upgrade()
+    assert "raw_measure" in sa.inspect(db.engine).get_table_names()
+    downgrade(revision="base")
+    assert sa.inspect(db.engine).get_table_names() == ["alembic_version"]
+    upgrade()
+    names = set(sa.inspect(db.engine).get_table_names())
+    assert {"aggregate", "api_token", "measure_definition", "raw_measure"} <= names

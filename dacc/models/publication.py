@@ -15,18 +15,23 @@ CELL_KEY = ("measure_name", "start_date", "created_by", "group1", "group2", "gro
 """measure_name leads every ledger key: the tables can be distributed by measure."""
 
 
-def _measure_name():
-    return mapped_column(
+class CellKey:
+    """The key of a cell, shared by the ledger tables (a mixin: each table gets its own
+    columns)."""
+
+    id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
+    measure_name: Mapped[str] = mapped_column(
         sa.String(NAME_LENGTH),
         sa.ForeignKey("measure_definition.name", ondelete="CASCADE", onupdate="CASCADE"),
     )
+    start_date: Mapped[datetime] = mapped_column(sa.DateTime)
+    created_by: Mapped[str] = mapped_column(sa.String(KEY_LENGTH))
+    group1: Mapped[dict | None] = mapped_column(JSONB(none_as_null=True))
+    group2: Mapped[dict | None] = mapped_column(JSONB(none_as_null=True))
+    group3: Mapped[dict | None] = mapped_column(JSONB(none_as_null=True))
 
 
-def _group():
-    return mapped_column(JSONB(none_as_null=True))
-
-
-class PublishedCell(db.Model):
+class PublishedCell(CellKey, db.Model):
     """The version of a cell (plain or wildcard) that /aggregate serves now."""
 
     __tablename__ = "published_cell"
@@ -34,13 +39,6 @@ class PublishedCell(db.Model):
         sa.Index("uq_published_cell_cell", *CELL_KEY, unique=True, postgresql_nulls_not_distinct=True),
     )
 
-    id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
-    measure_name: Mapped[str] = _measure_name()
-    start_date: Mapped[datetime] = mapped_column(sa.DateTime)
-    created_by: Mapped[str] = mapped_column(sa.String(KEY_LENGTH))
-    group1: Mapped[dict | None] = _group()
-    group2: Mapped[dict | None] = _group()
-    group3: Mapped[dict | None] = _group()
     version: Mapped[int] = mapped_column(sa.Integer)
     contributions: Mapped[int] = mapped_column(sa.BigInteger)
     """Contributions the served version covers (its count)."""
@@ -62,7 +60,7 @@ class PublishedCell(db.Model):
     published_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
 
 
-class PublishedVersion(db.Model):
+class PublishedVersion(CellKey, db.Model):
     """Every version ever served, never deleted but with its definition: the audit's memory."""
 
     __tablename__ = "published_version"
@@ -73,13 +71,6 @@ class PublishedVersion(db.Model):
         ),
     )
 
-    id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
-    measure_name: Mapped[str] = _measure_name()
-    start_date: Mapped[datetime] = mapped_column(sa.DateTime)
-    created_by: Mapped[str] = mapped_column(sa.String(KEY_LENGTH))
-    group1: Mapped[dict | None] = _group()
-    group2: Mapped[dict | None] = _group()
-    group3: Mapped[dict | None] = _group()
     version: Mapped[int] = mapped_column(sa.Integer)
     contributions: Mapped[int] = mapped_column(sa.BigInteger)
     epoch: Mapped[int] = mapped_column(sa.Integer)
@@ -87,7 +78,7 @@ class PublishedVersion(db.Model):
     published_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
 
 
-class PublicationLeaf(db.Model):
+class PublicationLeaf(CellKey, db.Model):
     """A plain cell as publication last saw it: contributions split into pieces so far."""
 
     __tablename__ = "publication_leaf"
@@ -95,20 +86,13 @@ class PublicationLeaf(db.Model):
         sa.Index("uq_publication_leaf_cell", *CELL_KEY, unique=True, postgresql_nulls_not_distinct=True),
     )
 
-    id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
-    measure_name: Mapped[str] = _measure_name()
-    start_date: Mapped[datetime] = mapped_column(sa.DateTime)
-    created_by: Mapped[str] = mapped_column(sa.String(KEY_LENGTH))
-    group1: Mapped[dict | None] = _group()
-    group2: Mapped[dict | None] = _group()
-    group3: Mapped[dict | None] = _group()
     count: Mapped[int] = mapped_column(sa.BigInteger)
     frozen_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     """Set when the cell lost contributions (a rebuild after a purge): its contents no
     longer match its pieces, so no row covering it is served anew."""
 
 
-class PublicationPiece(db.Model):
+class PublicationPiece(CellKey, db.Model):
     """The contributions a plain cell gained in one publication epoch."""
 
     __tablename__ = "publication_piece"
@@ -119,13 +103,6 @@ class PublicationPiece(db.Model):
         ),
     )
 
-    id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
-    measure_name: Mapped[str] = _measure_name()
-    start_date: Mapped[datetime] = mapped_column(sa.DateTime)
-    created_by: Mapped[str] = mapped_column(sa.String(KEY_LENGTH))
-    group1: Mapped[dict | None] = _group()
-    group2: Mapped[dict | None] = _group()
-    group3: Mapped[dict | None] = _group()
     epoch: Mapped[int] = mapped_column(sa.Integer)
     count: Mapped[int] = mapped_column(sa.BigInteger)
 

@@ -49,47 +49,31 @@ def test_check_of_another_day_or_measure_finds_nothing(runner, make_definition):
     assert (result.exit_code, result.output) == (0, "no recoverable aggregate of 1..k-1 contributions\n")
 
 
-def test_the_upgrade_publishes_exactly_what_the_view_served(tmp_path):
+def test_the_upgrade_publishes_exactly_what_the_view_served(unmigrated_app):
     """On a database of its own: at 0002, fill the old view, upgrade, compare, downgrade."""
-    import pgserver
     from flask_migrate import downgrade, upgrade
 
-    from dacc import create_app
-    from dacc.config import Config
-    from dacc.embedded import create_database
-
-    server = pgserver.get_server(tmp_path / "pg", cleanup_mode="stop")
-    try:
-        create_database(server.get_uri("postgres"), "m")
-        url = server.get_uri("m").replace("postgresql://", "postgresql+psycopg2://")
-        app = create_app(Config(database_url=url, testing=True))
-        with app.app_context():
-            upgrade(revision="0002")
-            db.session.execute(sa.text(
-                "INSERT INTO measure_definition (name, org, group1_key, aggregation_threshold, wildcard_groups)"
-                " VALUES ('m', 'o', 'g', 3, '[[\"group1\"]]')"))
-            for g, n in (("x", 5), ("y", 2), ("z", 4), ("*", 11)):
-                db.session.execute(sa.text(
-                    "INSERT INTO aggregate (measure_name, start_date, created_by, group1, count, count_not_zero,"
-                    " sum, sum_squares, min, max, avg, std) VALUES ('m', '2024-03-01', 'app', :g, :n, :n,"
-                    " :n, :n, 1, 1, 1, 0)"), {"g": json.dumps({"g": g}), "n": n})
-            db.session.execute(sa.text("REFRESH MATERIALIZED VIEW filtered_aggregation"))
-            db.session.commit()
-            before = db.session.execute(sa.text(
-                "SELECT body FROM filtered_aggregation ORDER BY body")).scalars().all()
-            db.session.commit()
-            upgrade()
-            after = db.session.execute(sa.text("SELECT body FROM published_cell ORDER BY body")).scalars().all()
-            versions = db.session.execute(sa.text("SELECT count(*), min(version) FROM published_version")).one()
-            pieces = db.session.execute(sa.text("SELECT count(*), sum(count) FROM publication_piece")).one()
-            assert after == before and len(after) == 2  # x and z; (*) hides y
-            assert tuple(versions) == (2, 1)
-            db.session.commit()
-            assert tuple(pieces) == (3, 11)
-            downgrade(revision="0002")
-            assert db.session.execute(sa.text(
-                "SELECT count(*) FROM filtered_aggregation")).scalar() == 2
-            db.session.commit()
-            db.engine.dispose()
-    finally:
-        server.cleanup()
+    upgrade(revision="0002")
+    db.session.execute(sa.text(
+        "INSERT INTO measure_definition (name, org, group1_key, aggregation_threshold, wildcard_groups)"
+        " VALUES ('m', 'o', 'g', 3, '[[\"group1\"]]')"))
+    for g, n in (("x", 5), ("y", 2), ("z", 4), ("*", 11)):
+        db.session.execute(sa.text(
+            "INSERT INTO aggregate (measure_name, start_date, created_by, group1, count, count_not_zero,"
+            " sum, sum_squares, min, max, avg, std) VALUES ('m', '2024-03-01', 'app', :g, :n, :n,"
+            " :n, :n, 1, 1, 1, 0)"), {"g": json.dumps({"g": g}), "n": n})
+    db.session.execute(sa.text("REFRESH MATERIALIZED VIEW filtered_aggregation"))
+    db.session.commit()
+    before = db.session.execute(sa.text("SELECT body FROM filtered_aggregation ORDER BY body")).scalars().all()
+    db.session.commit()
+    upgrade()
+    after = db.session.execute(sa.text("SELECT body FROM published_cell ORDER BY body")).scalars().all()
+    versions = db.session.execute(sa.text("SELECT count(*), min(version) FROM published_version")).one()
+    pieces = db.session.execute(sa.text("SELECT count(*), sum(count) FROM publication_piece")).one()
+    db.session.commit()
+    assert after == before and len(after) == 2  # x and z; (*) hides y
+    assert tuple(versions) == (2, 1)
+    assert tuple(pieces) == (3, 11)
+    downgrade(revision="0002")
+    assert db.session.execute(sa.text("SELECT count(*) FROM filtered_aggregation")).scalar() == 2
+    db.session.commit()
