@@ -128,8 +128,9 @@ class MeasureWriter:
         finally:
             for pending in batch:
                 if pending.result is _UNSET and pending.error is None:
-                    # Only if _flush itself was interrupted (e.g. a worker timeout):
-                    # the transaction was rolled back or never committed.
+                    # Only if _flush itself was interrupted (e.g. a worker timeout): the
+                    # commit may or may not have happened, so no request gets a 201; a
+                    # client retry with its measureId is safe either way.
                     pending.error = RuntimeError("the measure's batch was interrupted")
                 pending.done = True
             self._writing = False
