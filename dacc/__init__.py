@@ -41,6 +41,7 @@ def create_app(config: Config | None = None) -> Flask:
     _register_request_log(app)
     _register_request_metrics(app, config)
     _register_deadlines(app)
+    _register_rate_limit(app, config)
     _register_commands(app)
     if config.embedded:
         _migrate_embedded(app, config)
@@ -145,6 +146,12 @@ def _register_errors(app: Flask) -> None:
     from dacc.errors import register_error_handlers
 
     register_error_handlers(app)
+
+
+def _register_rate_limit(app: Flask, config: Config) -> None:
+    from dacc.ratelimit import init_rate_limit
+
+    init_rate_limit(app, rate_limit=config.rate_limit, storage=config.rate_limit_storage)
 
 
 def _register_deadlines(app: Flask) -> None:

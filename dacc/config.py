@@ -28,6 +28,8 @@ DACC_KEYS = (
     "contributor_secret",
     "ingest_batch_ms",
     "ingest_batch_max",
+    "rate_limit",
+    "rate_limit_storage",
 )
 METRICS_MODES = ("off", "open", "token")
 MQTT_KEYS = (
@@ -130,6 +132,10 @@ class Config:
     """Default statement timeout of web requests; jobs lift it."""
     bench_endpoints: bool = False
     """Expose the benchmark's ceiling endpoints. Only the benchmark sets it."""
+    rate_limit: str | None = None
+    """Per-token request limit, e.g. "1000/minute" (Flask-Limiter syntax); None: off."""
+    rate_limit_storage: str = "memory://"
+    """Where the limit's counters live: memory:// (per process) or a redis:// URL."""
     metrics: str = "token"
     """GET /metrics: off (404), open (no token), token (a token with metrics:read)."""
     metrics_multiprocess_dir: str | None = None
@@ -304,6 +310,13 @@ def _read_dacc_section(section, where: str, values: dict) -> None:
         if section["metrics"] not in METRICS_MODES:
             raise ConfigError(f"{where}: 'dacc.metrics' must be one of {', '.join(METRICS_MODES)}")
         values["metrics"] = section["metrics"]
+    if "rate_limit" in section:
+        values["rate_limit"] = _rate_limit(section["rate_limit"], where)
+    if "rate_limit_storage" in section:
+        storage = section["rate_limit_storage"]
+        if not isinstance(storage, str) or not storage.startswith(("memory://", "redis://", "rediss://")):
+            raise ConfigError(f"{where}: 'dacc.rate_limit_storage' must be memory:// or a redis:// URL")
+        values["rate_limit_storage"] = storage
     if "contributor_secret" in section:
         secret = section["contributor_secret"]
         if not isinstance(secret, str) or len(secret) < MIN_SECRET_LENGTH:
@@ -318,6 +331,19 @@ def _read_dacc_section(section, where: str, values: dict) -> None:
             if not _is_int(section[key]) or not low <= section[key] <= high:
                 raise ConfigError(f"{where}: 'dacc.{key}' must be an integer {low}..{high}")
             values[key] = section[key]
+
+
+def _rate_limit(value, where: str) -> str | None:
+    if value is None:
+        return None
+    from limits import parse_many
+
+    try:
+        if not isinstance(value, str) or not parse_many(value):
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"{where}: 'dacc.rate_limit' must be a limit such as \"1000/minute\"") from None
+    return value
 
 
 def _read_mqtt_section(section, env_password: str | None, where: str) -> MqttConfig:
