@@ -125,3 +125,13 @@ def test_new_definitions_are_written_by_their_org_and_stored_grants_survive_a_re
 def test_malformed_writers_are_refused(app, writers, message):
     with pytest.raises(Exception, match=message):
         validate_definitions([{"name": "m", "org": "o", "writers": writers}])
+
+
+def test_the_batch_validator_of_every_path_sets_a_forbidden_item_aside(pinned):
+    from dacc.ingestion import validate_batch
+
+    measures, rejects = validate_batch([VICTIM, {**VICTIM, "group1": {"wrong": 1}}], org="evil")
+    assert measures == [] and [(r.index, r.forbidden) for r in rejects] == [(0, True), (1, True)]
+    assert "heating" not in rejects[1].error
+    measures, rejects = validate_batch([VICTIM], org="cozy")
+    assert len(measures) == 1 and measures[0].org == "cozy" and rejects == []
