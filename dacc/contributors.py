@@ -61,7 +61,8 @@ def hash_contributor(key: bytes, org: str | None, pseudonym) -> bytes:
     if type(pseudonym) is not str or not 0 < len(pseudonym) <= MAX_LENGTH or not pseudonym.isprintable():
         raise BadRequest(f"contributor: expected a string of 1 to {MAX_LENGTH} printable characters")
     message = f"{org or ''}\0{pseudonym}".encode("utf-8", "surrogatepass")
-    return hmac.new(key, message, hashlib.sha256).digest()
+    # hmac.digest: the one-shot C implementation, several times faster than hmac.new.
+    return hmac.digest(key, message, hashlib.sha256)
 
 
 def _instance_secret(path: Path) -> bytes:

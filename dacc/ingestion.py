@@ -76,6 +76,8 @@ class _Batch:
         self.rules: dict[str, DefinitionRules] = {}
         self.dates: dict[tuple[str, str], datetime] = {}
         self.contributor_key: bytes | None = None
+        self.contributors: dict[str, bytes] = {}
+        """pseudonym → hash, for this call's writer org (a batch has one writer)."""
 
 
 # --- validation -----------------------------------------------------------------------
@@ -122,9 +124,13 @@ def parse_measure(body, *, org: str | None = None, app: str | None = None, _batc
     pseudonym = body.get("contributor")
     contributor = None
     if pseudonym is not None:
-        if batch.contributor_key is None:
-            batch.contributor_key = contributor_key()
-        contributor = hash_contributor(batch.contributor_key, org, pseudonym)
+        # One household sends many measures of a batch: hash each pseudonym once.
+        contributor = batch.contributors.get(pseudonym) if type(pseudonym) is str else None
+        if contributor is None:
+            if batch.contributor_key is None:
+                batch.contributor_key = contributor_key()
+            contributor = hash_contributor(batch.contributor_key, org, pseudonym)
+            batch.contributors[pseudonym] = contributor
     return Measure(
         rules.name, value, start_date, created_by, group1, group2, group3, measure_id, contributor, org
     )
