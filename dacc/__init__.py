@@ -87,8 +87,10 @@ def _configure_database(app: Flask, config: Config) -> None:
         # `flask embedded stop`: neither the server nor any command starts it again
         # behind the admin's back; requests answer 503 until `flask embedded start`.
         url = stopped_url(config.data_dir)
-        log.warning("embedded PostgreSQL in %s stopped on purpose: not started"
-                    " (`flask embedded start` starts it)", config.data_dir)
+        log.warning(
+            "embedded PostgreSQL in %s stopped on purpose: not started" " (`flask embedded start` starts it)",
+            config.data_dir,
+        )
     else:
         url = config.database_url or start_embedded(config.data_dir, stop_at_exit=config.testing)
     where = f"embedded PostgreSQL in {config.data_dir}" if config.embedded else redact_url(url)

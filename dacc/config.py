@@ -326,7 +326,10 @@ def _read_dacc_section(section, where: str, values: dict) -> None:
                 f" {MIN_SECRET_LENGTH} characters"
             )
         values["contributor_secret"] = secret
-    for key, low, high in (("ingest_batch_ms", 0, MAX_INGEST_BATCH_MS), ("ingest_batch_max", 1, MAX_INGEST_BATCH)):
+    for key, low, high in (
+        ("ingest_batch_ms", 0, MAX_INGEST_BATCH_MS),
+        ("ingest_batch_max", 1, MAX_INGEST_BATCH),
+    ):
         if key in section:
             if not _is_int(section[key]) or not low <= section[key] <= high:
                 raise ConfigError(f"{where}: 'dacc.{key}' must be an integer {low}..{high}")
@@ -380,7 +383,9 @@ def _read_mqtt_section(section, env_password: str | None, where: str) -> MqttCon
             values[f"tls_{key}"] = tls.get(key)
         tls = True
     elif not isinstance(tls, bool):
-        raise ConfigError(f"{where}: 'mqtt.tls' must be true, false or a mapping of {', '.join(MQTT_TLS_KEYS)}")
+        raise ConfigError(
+            f"{where}: 'mqtt.tls' must be true, false or a mapping of {', '.join(MQTT_TLS_KEYS)}"
+        )
     values["tls"] = tls
     rejected = section.get("rejected_topic")
     if rejected is not None:
@@ -420,7 +425,7 @@ def _filters_overlap(first: str, second: str) -> bool:
             return True
         if x != y and "+" not in (x, y):
             return False
-    rest = a[len(b):] or b[len(a):]
+    rest = a[len(b) :] or b[len(a) :]
     return rest in ([], ["#"])
 
 

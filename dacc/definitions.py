@@ -523,7 +523,11 @@ def get_definition_rules(name: str) -> DefinitionRules | None:
         return None
     keys = (row.group1_key, row.group2_key, row.group3_key)
     rules = DefinitionRules(
-        row.name, row.created_by, keys, row.aggregation_period, frozenset(row.writers),
+        row.name,
+        row.created_by,
+        keys,
+        row.aggregation_period,
+        frozenset(row.writers),
         row.max_contributions_per_cell,
     )
     cache[name] = (now + CACHE_SECONDS, rules)

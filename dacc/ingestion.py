@@ -8,16 +8,16 @@ import json
 import logging
 import math
 import re
-from datetime import datetime, timedelta, timezone
-from decimal import ROUND_HALF_UP, Decimal
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
 from typing import NamedTuple
 
 import sqlalchemy as sa
 from flask import current_app
 
-from dacc.db import db
 from dacc.contributors import contributor_key, hash_contributor
+from dacc.db import db
 from dacc.definitions import DefinitionRules, get_definition_rules
 from dacc.errors import BadRequest, Conflict, Forbidden
 from dacc.measure_writer import MeasureWriter
@@ -34,8 +34,7 @@ CENT = Decimal("0.01")
 MEASURE_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 NUMERIC_STRING = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d{1,4})?")
 START_DATE = re.compile(
-    r"\d{4}-\d{2}-\d{2}"
-    r"(?:[Tt ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d{1,9})?)?(?:[Zz]|[+-]\d{2}(?::?\d{2})?)?)?"
+    r"\d{4}-\d{2}-\d{2}" r"(?:[Tt ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d{1,9})?)?(?:[Zz]|[+-]\d{2}(?::?\d{2})?)?)?"
 )
 _INT_GROUP_LIMIT = 10**KEY_LENGTH
 WRITER_EXTENSION = "dacc_measure_writer"
@@ -72,7 +71,7 @@ class _Batch:
     """Per-call memo: the same definition and startDate recur across a batch."""
 
     def __init__(self):
-        self.now = datetime.now(timezone.utc).replace(tzinfo=None)
+        self.now = datetime.now(UTC).replace(tzinfo=None)
         self.rules: dict[str, DefinitionRules] = {}
         self.dates: dict[tuple[str, str], datetime] = {}
         self.contributor_key: bytes | None = None
@@ -83,7 +82,9 @@ class _Batch:
 # --- validation -----------------------------------------------------------------------
 
 
-def parse_measure(body, *, org: str | None = None, app: str | None = None, _batch: _Batch | None = None) -> Measure:
+def parse_measure(
+    body, *, org: str | None = None, app: str | None = None, _batch: _Batch | None = None
+) -> Measure:
     """Validate one DACC measure body; raise BadRequest naming the field at fault.
 
     `org` and `app` are the writer's (its token's org and bound app); None for a caller
@@ -226,7 +227,7 @@ def _start_date(value, period: str, batch: _Batch) -> datetime:
     try:
         moment = datetime.fromisoformat(value.upper())
         if moment.tzinfo is not None:
-            moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
+            moment = moment.astimezone(UTC).replace(tzinfo=None)
     except (ValueError, OverflowError):
         raise BadRequest(f"startDate: not a valid date or time: {shown(value)}") from None
     if moment > batch.now + FUTURE_TOLERANCE:
@@ -509,8 +510,11 @@ def _store_batch(measures: Sequence[Measure]) -> list[bool]:
             params[group] = [_json(g) for g in columns[group]]
         new_keys = set(db.session.execute(_INSERT_BATCH, params).tuples())
     return [
-        results[index] if index in results
-        else m.measure_id is None or (m.measure_name, m.org or "", m.measure_id) in new_keys
+        (
+            results[index]
+            if index in results
+            else m.measure_id is None or (m.measure_name, m.org or "", m.measure_id) in new_keys
+        )
         for index, m in enumerate(measures)
     ]
 

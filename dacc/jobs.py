@@ -9,11 +9,10 @@ from collections.abc import Callable
 
 import sqlalchemy as sa
 
-from dacc import purge
+from dacc import publication, purge
 from dacc.aggregation import compute
 from dacc.db import db
 from dacc.errors import Conflict, error_message
-from dacc import publication
 from dacc.models import MeasureDefinition
 
 log = logging.getLogger(__name__)
@@ -85,9 +84,7 @@ def run_jobs(*, on_step: StepCallback | None = None) -> list[StepResult]:
 
 
 def _measure_names() -> list[str]:
-    names = db.session.scalars(
-        sa.select(MeasureDefinition.name).order_by(MeasureDefinition.name)
-    ).all()
+    names = db.session.scalars(sa.select(MeasureDefinition.name).order_by(MeasureDefinition.name)).all()
     db.session.commit()
     return list(names)
 

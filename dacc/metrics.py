@@ -139,14 +139,20 @@ class _JobRuns:
 
     def collect(self):
         labels = ["job", "measure"]
-        runs = CounterMetricFamily("dacc_job_runs", "Job runs by job, measure and result.",
-                                   labels=[*labels, "result"])
-        durations = SummaryMetricFamily("dacc_job_run_duration_seconds",
-                                        "Duration of job runs (count and sum).", labels=labels)
-        last = GaugeMetricFamily("dacc_job_last_run_duration_seconds",
-                                 "Duration of the latest run.", labels=labels)
-        success = GaugeMetricFamily("dacc_job_last_success_timestamp_seconds",
-                                    "Unix time of the latest successful run.", labels=labels)
+        runs = CounterMetricFamily(
+            "dacc_job_runs", "Job runs by job, measure and result.", labels=[*labels, "result"]
+        )
+        durations = SummaryMetricFamily(
+            "dacc_job_run_duration_seconds", "Duration of job runs (count and sum).", labels=labels
+        )
+        last = GaugeMetricFamily(
+            "dacc_job_last_run_duration_seconds", "Duration of the latest run.", labels=labels
+        )
+        success = GaugeMetricFamily(
+            "dacc_job_last_success_timestamp_seconds",
+            "Unix time of the latest successful run.",
+            labels=labels,
+        )
         for row in self.rows:
             key = [row.job, row.measure_name]
             runs.add_metric([*key, "ok"], row.runs_ok)

@@ -62,7 +62,9 @@ def upgrade_to_head() -> bool:
     # inside a statement holds a snapshot, which a CREATE INDEX CONCURRENTLY run by the
     # migrating process would wait for (both stuck until statement_timeout).
     with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        while not conn.execute(sa.text("SELECT pg_try_advisory_lock(:key)"), {"key": MIGRATION_LOCK}).scalar():
+        while not conn.execute(
+            sa.text("SELECT pg_try_advisory_lock(:key)"), {"key": MIGRATION_LOCK}
+        ).scalar():
             time.sleep(0.2)
         try:
             log.info("migrating the database to %s", head)

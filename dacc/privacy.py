@@ -5,9 +5,7 @@ from __future__ import annotations
 from dacc.tokens import TokenIdentity
 
 
-def may_read_results(
-    *, owner_org: str, access_public: bool, access_app: bool, token: TokenIdentity
-) -> bool:
+def may_read_results(*, owner_org: str, access_public: bool, access_app: bool, token: TokenIdentity) -> bool:
     """Whether `token` may read a measure's published results.
 
     The owner org may; anyone may when the definition is public; with accessApp, the

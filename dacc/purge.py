@@ -7,7 +7,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
@@ -166,7 +166,7 @@ def purge_raw_measures(
         "name": definition.name,
         "period": definition.aggregation_period,
         "batch": batch_size,
-        "after_ts": datetime.min.replace(tzinfo=timezone.utc),
+        "after_ts": datetime.min.replace(tzinfo=UTC),
         **_wildcards(definition),
     }
     _lift_statement_timeout()
@@ -192,7 +192,10 @@ def purge_raw_measures(
     result.seconds = time.monotonic() - started
     log.info(
         "purge %s: %d rows deleted, %d aggregates stamped in %.1f s",
-        result.measure_name, result.deleted, result.stamped, result.seconds,
+        result.measure_name,
+        result.deleted,
+        result.stamped,
+        result.seconds,
     )
     return result
 
@@ -215,9 +218,7 @@ def purge_all_measures(
     results = []
     for name in names.all():
         try:
-            results.append(
-                purge_raw_measures(name, days=days, batch_size=batch_size, on_batch=on_batch)
-            )
+            results.append(purge_raw_measures(name, days=days, batch_size=batch_size, on_batch=on_batch))
         except (DaccError, SQLAlchemyError) as exc:
             db.session.rollback()
             log.exception("purge %s failed", name)

@@ -18,8 +18,7 @@ ALL_MEASURES = ""
 
 # One upsert per run, in its own short transaction: the job's own work is committed (or
 # rolled back) by then, and a failure to count must never undo or fail the job.
-_RECORD = sa.text(
-    """
+_RECORD = sa.text("""
     INSERT INTO job_run_stat AS s
         (job, measure_name, runs_ok, runs_failed, seconds_total, last_seconds,
          last_success_at, last_failure_at)
@@ -32,8 +31,7 @@ _RECORD = sa.text(
         last_seconds = EXCLUDED.last_seconds,
         last_success_at = COALESCE(EXCLUDED.last_success_at, s.last_success_at),
         last_failure_at = COALESCE(EXCLUDED.last_failure_at, s.last_failure_at)
-    """
-)
+    """)
 
 
 def record_run(job: str, measure: str, *, ok: bool, seconds: float) -> None:

@@ -61,8 +61,15 @@ def _body_limit(path: str) -> int:
 
 def _json_response(start_response, status: str, message: str, headers=()):
     body = json.dumps({"error": message}).encode()
-    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
-                            ("Connection", "close"), *headers])
+    start_response(
+        status,
+        [
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(body))),
+            ("Connection", "close"),
+            *headers,
+        ],
+    )
     return [body]
 
 
@@ -86,13 +93,15 @@ class BufferedThreadedApp:
             with gevent.Timeout(BODY_SECONDS):
                 body = self._read_body(environ, limit)
         except gevent.Timeout:
-            return _json_response(start_response, "408 Request Timeout",
-                                  f"body: not received within {BODY_SECONDS:g} s")
+            return _json_response(
+                start_response, "408 Request Timeout", f"body: not received within {BODY_SECONDS:g} s"
+            )
         except _TooLarge:
             return _json_response(start_response, "413 Content Too Large", too_large(limit).message)
         except Exception:  # the chunk parser, a reset connection
-            return _json_response(start_response, "400 Bad Request",
-                                  "body: malformed chunked encoding or incomplete body")
+            return _json_response(
+                start_response, "400 Bad Request", "body: malformed chunked encoding or incomplete body"
+            )
         environ["wsgi.input"] = io.BytesIO(body)
         environ["CONTENT_LENGTH"] = str(len(body))
         environ.pop("HTTP_TRANSFER_ENCODING", None)
@@ -139,8 +148,10 @@ class BufferedThreadedApp:
 def _write_json_error(sock, status_int, reason, mesg):
     """gunicorn's own refusals (bad request line, headers too large...) as JSON."""
     body = json.dumps({"error": f"{reason}: {mesg}" if mesg else reason}).encode()
-    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode("latin1")
+    head = (
+        f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode("latin1")
     gunicorn_util.write_nonblock(sock, head + body)
 
 

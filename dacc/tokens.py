@@ -9,7 +9,7 @@ import logging
 import re
 import secrets
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 from flask import current_app
@@ -136,16 +136,14 @@ def authenticate(secret: str) -> TokenIdentity:
         raise Unauthorized("unknown bearer token")
     if token.revoked_at is not None:
         raise Unauthorized("this token was revoked")
-    if token.expires_at is not None and token.expires_at <= datetime.now(timezone.utc):
+    if token.expires_at is not None and token.expires_at <= datetime.now(UTC):
         raise Unauthorized("this token has expired")
     identity = TokenIdentity(token.id, token.org, frozenset(token.scopes), token.app)
-    db.session.execute(
-        sa.update(ApiToken).where(ApiToken.id == token.id).values(last_used_at=sa.func.now())
-    )
+    db.session.execute(sa.update(ApiToken).where(ApiToken.id == token.id).values(last_used_at=sa.func.now()))
     db.session.commit()
     ttl = current_app.config["DACC"].token_cache_seconds
     if token.expires_at is not None:
-        ttl = min(ttl, (token.expires_at - datetime.now(timezone.utc)).total_seconds())
+        ttl = min(ttl, (token.expires_at - datetime.now(UTC)).total_seconds())
     if ttl > 0:
         cache[digest] = (now + ttl, identity)
     return identity
@@ -162,7 +160,7 @@ def _new_secret() -> str:
 def _is_active(token: ApiToken) -> bool:
     if token.revoked_at is not None:
         return False
-    return token.expires_at is None or token.expires_at > datetime.now(timezone.utc)
+    return token.expires_at is None or token.expires_at > datetime.now(UTC)
 
 
 def _expiry(days) -> datetime | None:
@@ -170,7 +168,7 @@ def _expiry(days) -> datetime | None:
         return None
     if days <= 0:
         raise BadRequest("expires-in: must be a positive number of days")
-    return datetime.now(timezone.utc) + timedelta(days=days)
+    return datetime.now(UTC) + timedelta(days=days)
 
 
 def _check_org(org: str) -> None:

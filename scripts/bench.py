@@ -206,7 +206,9 @@ class Environment:
             self.execute("CHECKPOINT")
         except sa.exc.DBAPIError as exc:
             self.rollback()
-            _say(f"CHECKPOINT refused ({type(exc.orig).__name__}): full-page writes are not in the purge figures")
+            _say(
+                f"CHECKPOINT refused ({type(exc.orig).__name__}): full-page writes are not in the purge figures"
+            )
 
     def add_definition(self, name: str, **columns):
         from dacc.db import db
@@ -234,7 +236,10 @@ def _make_app(url: str):
     # No statement timeout: the set-up loads millions of rows in one statement.
     return create_app(
         Config(
-            database_url=url, source="bench", log_level="WARNING", statement_timeout_ms=0,
+            database_url=url,
+            source="bench",
+            log_level="WARNING",
+            statement_timeout_ms=0,
             contributor_secret=BENCH_SECRET,
         )
     )
@@ -355,7 +360,12 @@ def _gunicorn(env: Environment, args, *, config_file: Path | None = None, log_na
     ]  # fmt: skip
     variables = env.env if config_file is None else {**env.env, "DACC_CONFIG": str(config_file)}
     process = subprocess.Popen(
-        command, env=variables, cwd=env.tmp, stdout=log, stderr=subprocess.STDOUT, pass_fds=(listener.fileno(),)
+        command,
+        env=variables,
+        cwd=env.tmp,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        pass_fds=(listener.fileno(),),
     )
     try:
         yield _Server(listener.getsockname()[1], process, log_path)
@@ -422,7 +432,7 @@ def _machine() -> dict:
         "memory_gib": round(int(mem) / 1024**2, 1),
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "python": platform.python_version(),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
 
 
@@ -450,7 +460,9 @@ def contributor_body(i: int) -> dict:
     return {**measure_body(CAPPED, i), "contributor": f"household-{i % 5000}"}
 
 
-def generate_raw(env: Environment, name: str, rows: int, *, start: dt.date, days: int, groups: int = 4, group2: int = 0):
+def generate_raw(
+    env: Environment, name: str, rows: int, *, start: dt.date, days: int, groups: int = 4, group2: int = 0
+):
     """Insert `rows` raw measures in one set-based statement: every (day, group) cell gets
     the same number of rows, values cycle over 0..100; ingested (last_updated) during
     their start date, one millisecond apart as real traffic would be, so that a purge
@@ -465,7 +477,15 @@ def generate_raw(env: Environment, name: str, rows: int, *, start: dt.date, days
         " FROM generate_series(0, :rows - 1) AS i,"
         " LATERAL (SELECT CAST(:start AS timestamp) + ((i / :cells) % :days) * interval '1 day' AS day) AS d"
         " ORDER BY ingested",
-        {"name": name, "start": start, "cells": cells, "days": days, "groups": groups, "group2": group2 or 1, "rows": rows},
+        {
+            "name": name,
+            "start": start,
+            "cells": cells,
+            "days": days,
+            "groups": groups,
+            "group2": group2 or 1,
+            "rows": rows,
+        },
     )
 
 
@@ -490,7 +510,9 @@ def section_single(env: Environment) -> list[Figure]:
         for requests, port in runs:  # warm every worker: token cache, pools, imports
             _load(env, requests, port=port, total=200, connections=8)
         for connections in (1, 8):
-            (ceiling, result, alone), per_commit = _alternated(env, runs, total=count, connections=connections)
+            (ceiling, result, alone), per_commit = _alternated(
+                env, runs, total=count, connections=connections
+            )
             label = f"{connections} conn"
             figures += [
                 Figure("single", f"POST /measure rate, {label}", result.rate, "measures/s", ceiling.rate,
@@ -510,7 +532,9 @@ def section_single(env: Environment) -> list[Figure]:
             ]  # fmt: skip
     # With a contributor on a capped measure: its HMAC and its quota upsert, same ceiling.
     named = [
-        loadgen.build_request("POST", "/measure", body=json.dumps(contributor_body(i)).encode(), headers=headers)
+        loadgen.build_request(
+            "POST", "/measure", body=json.dumps(contributor_body(i)).encode(), headers=headers
+        )
         for i in range(1000)
     ]
     _load(env, named, total=200, connections=8)
@@ -533,7 +557,11 @@ def section_single(env: Environment) -> list[Figure]:
 def _unbatched_server(env: Environment):
     """A second gunicorn, same settings, `ingest_batch_ms: 0`; yields its port."""
     config = env.tmp / "config-unbatched.yml"
-    config.write_text(env.config_file.read_text().replace(f"ingest_batch_ms: {env.args.ingest_batch_ms}", "ingest_batch_ms: 0"))
+    config.write_text(
+        env.config_file.read_text().replace(
+            f"ingest_batch_ms: {env.args.ingest_batch_ms}", "ingest_batch_ms: 0"
+        )
+    )
     with _gunicorn(env, env.args, config_file=config, log_name="gunicorn-unbatched.log") as server:
         yield server.ready()
 
@@ -568,22 +596,31 @@ def section_bulk(env: Environment) -> list[Figure]:
         for b in range(env.sizes["bulk_bodies"])
     ]
     headers = {"Authorization": env.tokens["write"]}
-    requests = [loadgen.build_request("POST", "/measures", body=json.dumps(b).encode(), headers=headers) for b in bodies]
+    requests = [
+        loadgen.build_request("POST", "/measures", body=json.dumps(b).encode(), headers=headers)
+        for b in bodies
+    ]
     _load(env, requests[:1], total=2, connections=2)  # warm both workers
     result = _load(env, requests, total=len(requests), connections=1)
     measures = len(requests) * BULK_ITEMS
     copy_seconds = _copy_rows(env, bodies)
     named_bodies = [
-        [contributor_body(b * BULK_ITEMS + i) for i in range(BULK_ITEMS)] for b in range(env.sizes["bulk_bodies"])
+        [contributor_body(b * BULK_ITEMS + i) for i in range(BULK_ITEMS)]
+        for b in range(env.sizes["bulk_bodies"])
     ]
     named = [
-        loadgen.build_request("POST", "/measures", body=json.dumps(b).encode(), headers=headers) for b in named_bodies
+        loadgen.build_request("POST", "/measures", body=json.dumps(b).encode(), headers=headers)
+        for b in named_bodies
     ]
     named_result = _load(env, named, total=len(named), connections=1)
     # Contributors on a measure without a cap: the same COPY straight into raw_measure.
     uncapped = [
-        loadgen.build_request("POST", "/measures", body=json.dumps(
-            [{**m, "measureName": "bench.single"} for m in b]).encode(), headers=headers)
+        loadgen.build_request(
+            "POST",
+            "/measures",
+            body=json.dumps([{**m, "measureName": "bench.single"} for m in b]).encode(),
+            headers=headers,
+        )
         for b in named_bodies
     ]
     uncapped_result = _load(env, uncapped, total=len(uncapped), connections=1)
@@ -617,7 +654,8 @@ def _copy_rows(env: Environment, bodies: list[list[dict]]) -> float:
         start = time.perf_counter()
         for text in buffers:
             cursor.copy_expert(
-                "COPY raw_measure (measure_name, value, start_date, created_by, group1) FROM STDIN", io.StringIO(text)
+                "COPY raw_measure (measure_name, value, start_date, created_by, group1) FROM STDIN",
+                io.StringIO(text),
             )
             raw.commit()
         return time.perf_counter() - start
@@ -685,14 +723,20 @@ def _timed_compute(env: Environment, definition, *, expect: int | None = None) -
 
     compute = _compute()
     module = importlib.import_module("dacc.aggregation.compute")
-    off = mock.patch.object(module, "publish_measure", _no_publication) if hasattr(module, "publish_measure") else contextlib.nullcontext()
+    off = (
+        mock.patch.object(module, "publish_measure", _no_publication)
+        if hasattr(module, "publish_measure")
+        else contextlib.nullcontext()
+    )
     with off:
         start = time.perf_counter()
         result = compute(definition, force=True)
         seconds = time.perf_counter() - start
     raw_read = getattr(result, "raw_read", None)
     if expect is not None and raw_read is not None and raw_read != expect:
-        raise RuntimeError(f"aggregation of {definition.name} read {raw_read} raw measures, expected {expect}")
+        raise RuntimeError(
+            f"aggregation of {definition.name} read {raw_read} raw measures, expected {expect}"
+        )
     return seconds
 
 
@@ -715,7 +759,9 @@ def _reset_aggregates(env: Environment, name: str) -> None:
 
 
 def _aggregated_count(env: Environment, name: str) -> int:
-    return env.execute("SELECT coalesce(sum(count), 0) FROM aggregate WHERE measure_name = :name", {"name": name}).scalar()
+    return env.execute(
+        "SELECT coalesce(sum(count), 0) FROM aggregate WHERE measure_name = :name", {"name": name}
+    ).scalar()
 
 
 def section_aggregation(env: Environment) -> list[Figure]:
@@ -732,7 +778,10 @@ def section_aggregation(env: Environment) -> list[Figure]:
 
     figures = []
     fulls = {}
-    for definition, rows, quartiles in ((big, sizes["agg_rows"], False), (quart, sizes["agg_quartile_rows"], True)):
+    for definition, rows, quartiles in (
+        (big, sizes["agg_rows"], False),
+        (quart, sizes["agg_quartile_rows"], True),
+    ):
         # Alternated, best of 3 each: a 0.2 s run swings by half on this kind of machine.
         ceiling_runs, full_runs = [], []
         for _ in range(3):
@@ -764,7 +813,12 @@ def section_aggregation(env: Environment) -> list[Figure]:
     refresh = time.perf_counter() - started
     cells = env.execute("SELECT count(*) FROM aggregate").scalar()
     figures.append(
-        Figure("aggregation", f"publication of what is pending ({cells:,} aggregates, every measure)", refresh, "s")
+        Figure(
+            "aggregation",
+            f"publication of what is pending ({cells:,} aggregates, every measure)",
+            refresh,
+            "s",
+        )
     )
     rss_small, _ = _aggregation_rss(env, small.name, sizes["agg_small_rows"])
     rss_big, seconds = _aggregation_rss(env, big.name, sizes["agg_rows"] + sizes["agg_incremental"])
@@ -800,7 +854,10 @@ def _quartiles_every_cell(env: Environment, start: dt.date) -> list[Figure]:
         ).scalar()
         if touched != 600:
             raise RuntimeError(f"the increment touched {touched} of 600 cells")
-        env.execute("DELETE FROM raw_measure WHERE measure_name = :name AND id > :top", {"name": definition.name, "top": top})
+        env.execute(
+            "DELETE FROM raw_measure WHERE measure_name = :name AND id > :top",
+            {"name": definition.name, "top": top},
+        )
     full, incremental = min(full_runs), min(incremental_runs)
     return [
         Figure("aggregation", f"compute-aggregation --force, {rows:,} rows in 600 cells, quartiles on", full, "s",
@@ -862,7 +919,15 @@ def section_restitution(env: Environment) -> list[Figure]:
     today = dt.date.today()
     days = 3 * 365
     definition = env.add_definition("bench.rest", group2_key="g2", aggregation_threshold=5)
-    generate_raw(env, definition.name, days * 20 * 5, start=today - dt.timedelta(days=days), days=days, groups=5, group2=4)
+    generate_raw(
+        env,
+        definition.name,
+        days * 20 * 5,
+        start=today - dt.timedelta(days=days),
+        days=days,
+        groups=5,
+        group2=4,
+    )
     env.vacuum()
     _fresh_compute(env, definition, days * 20 * 5)
     _refresh_view(env)
@@ -955,7 +1020,11 @@ def section_purge(env: Environment) -> list[Figure]:
         seconds = purge()
         return [
             _purge_figure(rows, seconds, ceiling, "no ingestion meanwhile"),
-            Figure("purge", "not available yet (POST /measure has not landed): ingestion p99 during the purge", None),
+            Figure(
+                "purge",
+                "not available yet (POST /measure has not landed): ingestion p99 during the purge",
+                None,
+            ),
         ]
     _ensure_single_definition(env)
     bodies = [json.dumps(measure_body("bench.single", i)).encode() for i in range(1000)]
@@ -1249,7 +1318,10 @@ def _target_text(target: str) -> str:
 
 
 def markdown(figures: list[Figure]) -> str:
-    lines = ["| section | figure | value | ceiling | ratio | target | result |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| section | figure | value | ceiling | ratio | target | result |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for f in figures:
         ratio = "" if f.ratio is None else f"{f.ratio:.2f}"
         name = f.name + (f" ({f.note})" if f.note else "")
@@ -1304,12 +1376,24 @@ def parse_args(argv=None):
     parser.add_argument("--quick", action="store_true", help="10× smaller, under a minute (smoke test)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     parser.add_argument("--only", nargs="+", choices=SECTIONS, help="run only these sections")
-    parser.add_argument("--count", type=int, help="POST /measure requests per run (default 20,000; quick 2,000)")
+    parser.add_argument(
+        "--count", type=int, help="POST /measure requests per run (default 20,000; quick 2,000)"
+    )
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (default 2)")
-    parser.add_argument("--threads", type=int, default=8, help="threads per gunicorn worker (default 8, as served)")
-    parser.add_argument("--worker-class", default="dacc.serving.Worker", help="gunicorn worker class (default dacc.serving.Worker, as served)")
-    parser.add_argument("--ingest-batch-ms", type=int, default=2,
-                        help="the server's dacc.ingest_batch_ms (default 2; 0: group commit off)")
+    parser.add_argument(
+        "--threads", type=int, default=8, help="threads per gunicorn worker (default 8, as served)"
+    )
+    parser.add_argument(
+        "--worker-class",
+        default="dacc.serving.Worker",
+        help="gunicorn worker class (default dacc.serving.Worker, as served)",
+    )
+    parser.add_argument(
+        "--ingest-batch-ms",
+        type=int,
+        default=2,
+        help="the server's dacc.ingest_batch_ms (default 2; 0: group commit off)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, data)")
     return parser.parse_args(argv)
 

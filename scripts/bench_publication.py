@@ -16,7 +16,9 @@ import importlib.util
 import time
 from pathlib import Path
 
-MIGRATION_0002 = Path(__file__).resolve().parent.parent / "migrations/versions/0002_filtered_view_suppression.py"
+MIGRATION_0002 = (
+    Path(__file__).resolve().parent.parent / "migrations/versions/0002_filtered_view_suppression.py"
+)
 
 # Plain cells of `days` days × g1 × g2 with counts 1..12, then every wildcard level as
 # exact sums of them: one statement each, no raw rows.
@@ -82,8 +84,9 @@ def section_publication(env, Figure) -> list:
     days = max(1, cells // (a * b + a + b + 1))
     start = dt.date.today() - dt.timedelta(days=days + 1)
     levels = [["group1"], ["group2"], ["group1", "group2"]]
-    definition = env.add_definition("bench.pub", group2_key="g2", aggregation_threshold=5,
-                                    wildcard_groups=levels, extremes="show")
+    definition = env.add_definition(
+        "bench.pub", group2_key="g2", aggregation_threshold=5, wildcard_groups=levels, extremes="show"
+    )
     params = {"name": definition.name, "start": start, "days": days, "a": a, "b": b}
     env.execute(_PLAIN, params)
     for star1, star2 in ((True, False), (False, True), (True, True)):
@@ -136,13 +139,21 @@ def section_publication(env, Figure) -> list:
                "ratio<=2", "ceiling column: the merge"),
     ]  # fmt: skip
 
-    cube = env.add_definition("bench.cube", group2_key="g2", group3_key="g3", aggregation_threshold=5,
-                              extremes="show", wildcard_groups=[["group1"]])
+    cube = env.add_definition(
+        "bench.cube",
+        group2_key="g2",
+        group3_key="g3",
+        aggregation_threshold=5,
+        extremes="show",
+        wildcard_groups=[["group1"]],
+    )
     day = dt.date.today() - dt.timedelta(days=10)
     cube_params = {"name": cube.name, "start": day}
     env.execute(_CUBE_PLAIN, cube_params)
     for mask in range(1, 8):
-        env.execute(_CUBE_LEVEL, {**cube_params, "s1": bool(mask & 1), "s2": bool(mask & 2), "s3": bool(mask & 4)})
+        env.execute(
+            _CUBE_LEVEL, {**cube_params, "s1": bool(mask & 1), "s2": bool(mask & 2), "s3": bool(mask & 4)}
+        )
     started = time.perf_counter()
     (cube_result,) = publication.publish_pending(names=[cube.name], full=True)
     cube_publish = time.perf_counter() - started

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 HOST = "127.0.0.1"
 _CTX = multiprocessing.get_context("fork")
-_CANNED = b"HTTP/1.1 201 CREATED\r\nContent-Type: application/json\r\nContent-Length: 12\r\n\r\n{\"ok\": true}"
+_CANNED = b'HTTP/1.1 201 CREATED\r\nContent-Type: application/json\r\nContent-Length: 12\r\n\r\n{"ok": true}'
 
 
 def build_request(method: str, path: str, *, body: bytes = b"", headers: dict | None = None) -> bytes:

@@ -179,8 +179,14 @@ class Served:
             from dacc.tokens import create_token
 
             db.session.add(
-                MeasureDefinition(name="m", org="org", group1_key="g1", aggregation_period="day",
-                                  execution_frequency="day", aggregation_threshold=1)
+                MeasureDefinition(
+                    name="m",
+                    org="org",
+                    group1_key="g1",
+                    aggregation_period="day",
+                    execution_frequency="day",
+                    aggregation_threshold=1,
+                )
             )
             db.session.commit()
             self.secret = create_token("org")[1]
@@ -200,11 +206,19 @@ class Served:
         listener.close()
         env = {k: v for k, v in os.environ.items() if not k.startswith("DACC_")}
         env["DATABASE_URL"] = self.database_url
-        command = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}",
-                   *self.options, "dacc:create_app()"]
+        command = [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--bind",
+            f"127.0.0.1:{self.port}",
+            *self.options,
+            "dacc:create_app()",
+        ]
         log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(command, env=env, cwd=self.folder, stdout=log,
-                                        stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            command, env=env, cwd=self.folder, stdout=log, stderr=subprocess.STDOUT
+        )
         log.close()
         self.wait_ready()
 

@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-
 import sqlalchemy as sa
 
 from dacc.config import ConfigError, load_config, normalise_database_url, redact_url
@@ -46,12 +45,14 @@ def test_a_relative_data_dir_in_a_file_is_relative_to_that_file(tmp_path):
 
 @pytest.mark.parametrize("password", ["p@ss", "a/b:c@d", "x%41y", "sp ace"])
 def test_passwords_with_url_characters_survive(tmp_path, password):
-    (tmp_path / "config.yml").write_text(
-        yaml_database(host="db.example", password=password)
-    )
+    (tmp_path / "config.yml").write_text(yaml_database(host="db.example", password=password))
     url = sa.engine.make_url(load_config({}, tmp_path).database_url)
     assert (url.username, url.password, url.host, url.port, url.database) == (
-        "dacc", password, "db.example", 5432, "dacc"
+        "dacc",
+        password,
+        "db.example",
+        5432,
+        "dacc",
     )
 
 
@@ -75,8 +76,13 @@ def test_a_socket_directory_host_connects(database_url, tmp_path):
     if not str(socket_dir).startswith("/"):
         pytest.skip("the test database is not on a unix socket")
     (tmp_path / "config.yml").write_text(
-        yaml_database(host=socket_dir, port=served.port or 5432, user=served.username,
-                      password=served.password or "", dbname=served.database)
+        yaml_database(
+            host=socket_dir,
+            port=served.port or 5432,
+            user=served.username,
+            password=served.password or "",
+            dbname=served.database,
+        )
     )
     engine = sa.create_engine(load_config({}, tmp_path).database_url)
     try:
@@ -241,11 +247,18 @@ mqtt:
 def test_mqtt_section_is_read_with_defaults_for_the_rest(tmp_path):
     (tmp_path / "config.yml").write_text(MQTT)
     mqtt = load_config({}, tmp_path).mqtt
-    assert (mqtt.host, mqtt.port, mqtt.username, mqtt.password) == ("broker.example", 8883, "dacc", "from-file")
+    assert (mqtt.host, mqtt.port, mqtt.username, mqtt.password) == (
+        "broker.example",
+        8883,
+        "dacc",
+        "from-file",
+    )
     assert mqtt.tls and mqtt.tls_ca_certs == "/etc/ssl/ca.pem"
-    assert [(s.topic, s.org) for s in mqtt.subscriptions] == [("dacc/measures/#", "energy"),
-                                                             ("sensors/+/measures", "sensors"),
-                                                             ("sensors/+/other", "sensors")]
+    assert [(s.topic, s.org) for s in mqtt.subscriptions] == [
+        ("dacc/measures/#", "energy"),
+        ("sensors/+/measures", "sensors"),
+        ("sensors/+/other", "sensors"),
+    ]
     assert (mqtt.batch_max_size, mqtt.save_interval_ms, mqtt.rejected_topic) == (200, 250, "dacc/rejected")
     assert (mqtt.qos, mqtt.client_id) == (1, "dacc-ingest")
     assert "from-file" not in repr(mqtt)
@@ -265,24 +278,43 @@ def test_no_mqtt_section_means_no_worker_config(tmp_path):
     [
         ("{subscriptions: [{topic: a, org: o}], hots: x}", "unknown key 'mqtt.hots'"),
         ("{host: x}", "'mqtt.subscriptions' must be a list"),
-        ("{subscriptions: [{topic: 'a/#/b', org: o}]}", "'mqtt.subscriptions[0].topic' must be an MQTT topic filter"),
-        ("{subscriptions: [{topic: 'a+', org: o}]}", "'mqtt.subscriptions[0].topic' must be an MQTT topic filter"),
+        (
+            "{subscriptions: [{topic: 'a/#/b', org: o}]}",
+            "'mqtt.subscriptions[0].topic' must be an MQTT topic filter",
+        ),
+        (
+            "{subscriptions: [{topic: 'a+', org: o}]}",
+            "'mqtt.subscriptions[0].topic' must be an MQTT topic filter",
+        ),
         ("{subscriptions: [{topic: a}]}", "'mqtt.subscriptions[0].org' must be a non-empty string"),
         ("{subscriptions: [{topic: a, org: o, qos: 1}]}", "unknown key 'mqtt.subscriptions[0].qos'"),
         ("{subscriptions: [{topic: a, org: o}], qos: 0}", "'mqtt.qos' must be 1"),
         ("{subscriptions: [{topic: a, org: o}], qos: 2}", "'mqtt.qos' must be 1"),
-        ("{subscriptions: [{topic: a, org: o}], batch_max_size: 0}", "'mqtt.batch_max_size' must be an integer"),
+        (
+            "{subscriptions: [{topic: a, org: o}], batch_max_size: 0}",
+            "'mqtt.batch_max_size' must be an integer",
+        ),
         ("{subscriptions: [{topic: a, org: o}], tls: {cafile: x}}", "unknown key 'mqtt.tls.cafile'"),
-        ("{subscriptions: [{topic: a, org: o}], rejected_topic: 'r/#'}", "'mqtt.rejected_topic' must be a topic"),
-        ("{subscriptions: [{topic: 'a/#', org: o}, {topic: 'a/b/+', org: p}]}",
-         "'mqtt.subscriptions[1].topic' overlaps 'mqtt.subscriptions[0].topic'"),
-        ("{subscriptions: [{topic: 'a/+/c', org: o}, {topic: 'a', org: p}, {topic: 'a/#', org: q}]}",
-         "'mqtt.subscriptions[2].topic' overlaps 'mqtt.subscriptions[0].topic'"),
+        (
+            "{subscriptions: [{topic: a, org: o}], rejected_topic: 'r/#'}",
+            "'mqtt.rejected_topic' must be a topic",
+        ),
+        (
+            "{subscriptions: [{topic: 'a/#', org: o}, {topic: 'a/b/+', org: p}]}",
+            "'mqtt.subscriptions[1].topic' overlaps 'mqtt.subscriptions[0].topic'",
+        ),
+        (
+            "{subscriptions: [{topic: 'a/+/c', org: o}, {topic: 'a', org: p}, {topic: 'a/#', org: q}]}",
+            "'mqtt.subscriptions[2].topic' overlaps 'mqtt.subscriptions[0].topic'",
+        ),
     ],
 )
 def test_bad_mqtt_section_names_the_key(tmp_path, section, fault):
     (tmp_path / "config.yml").write_text(f"mqtt: {section}\n")
-    with pytest.raises(ConfigError, match=r"config\.yml: " + fault.replace("[", r"\[").replace("]", r"\]").replace("+", r"\+")):
+    with pytest.raises(
+        ConfigError,
+        match=r"config\.yml: " + fault.replace("[", r"\[").replace("]", r"\]").replace("+", r"\+"),
+    ):
         load_config({}, tmp_path)
 
 

@@ -29,19 +29,26 @@ def body(value=1, group="x", contributor=None, day="2022-01-01", **extra):
 
 def cells(name="m"):
     """{group1 value or '*': (count, contributors, largest, second largest)}."""
-    rows = db.session.execute(sa.text(
-        "SELECT group1->>'g1', count, contributors, largest_value, second_largest_value"
-        " FROM aggregate WHERE measure_name = :name"), {"name": name}).all()
+    rows = db.session.execute(
+        sa.text(
+            "SELECT group1->>'g1', count, contributors, largest_value, second_largest_value"
+            " FROM aggregate WHERE measure_name = :name"
+        ),
+        {"name": name},
+    ).all()
     return {g: (n, c, hi, hi2) for g, n, c, hi, hi2 in rows}
 
 
 def recomputed(name="m"):
     """The same from all raw rows, counted as the rule says."""
-    rows = db.session.execute(sa.text("""
+    rows = db.session.execute(
+        sa.text("""
         SELECT g, count(*), count(DISTINCT contributor) + count(*) FILTER (WHERE contributor IS NULL),
                (array_agg(value ORDER BY value DESC))[1], (array_agg(value ORDER BY value DESC))[2]
         FROM raw_measure, LATERAL (VALUES (group1->>'g1'), ('*')) AS l(g)
-        WHERE measure_name = :name GROUP BY g"""), {"name": name}).all()
+        WHERE measure_name = :name GROUP BY g"""),
+        {"name": name},
+    ).all()
     return {g: (n, c, hi, hi2) for g, n, c, hi, hi2 in rows}
 
 
@@ -51,20 +58,39 @@ def measure(make_definition):
 
 
 def test_k_counts_distinct_contributors_on_plain_and_wildcard_cells_also_after_a_purge(measure):
-    record_measures([body(1, "x", "alice"), body(2, "x", "alice"), body(3, "x", "alice"), body(4, "x", "bob"),
-                     body(5, "y", "alice"), body(6, "y"), body(7, "y")])
+    record_measures(
+        [
+            body(1, "x", "alice"),
+            body(2, "x", "alice"),
+            body(3, "x", "alice"),
+            body(4, "x", "bob"),
+            body(5, "y", "alice"),
+            body(6, "y"),
+            body(7, "y"),
+        ]
+    )
     compute_aggregation("m", force=True)
-    assert cells() == recomputed() == {
-        "x": (4, 2, 4, 3), "y": (3, 3, 7, 6), "*": (7, 4, 7, 6),
-    }
-    db.session.execute(sa.update(RawMeasure).values(last_updated=sa.func.now() - sa.text("interval '10 days'")))
+    assert (
+        cells()
+        == recomputed()
+        == {
+            "x": (4, 2, 4, 3),
+            "y": (3, 3, 7, 6),
+            "*": (7, 4, 7, 6),
+        }
+    )
+    db.session.execute(
+        sa.update(RawMeasure).values(last_updated=sa.func.now() - sa.text("interval '10 days'"))
+    )
     db.session.commit()
     assert purge_raw_measures("m", days=1).deleted == 7
     # alice again (already counted everywhere), carol new, one more without contributor.
     record_measures([body(0, "x", "alice"), body(9, "x", "carol"), body(8, "y", "carol"), body(1, "y")])
     compute_aggregation("m", force=True)
     assert cells() == {
-        "x": (6, 3, 9, 4), "y": (5, 5, 8, 7), "*": (11, 6, 9, 8),
+        "x": (6, 3, 9, 4),
+        "y": (5, 5, 8, 7),
+        "*": (11, 6, 9, 8),
     }
 
 
@@ -78,23 +104,33 @@ def test_the_two_largest_values_merge_exactly_over_runs(measure):
     rng = random.Random(17)
     people = [f"p{i}" for i in range(6)]
     for _ in range(4):
-        record_measures([
-            body(rng.randint(-500, 500) / 4, rng.choice("xyz"), rng.choice(people + [None]))
-            for _ in range(40)
-        ])
+        record_measures(
+            [
+                body(rng.randint(-500, 500) / 4, rng.choice("xyz"), rng.choice(people + [None]))
+                for _ in range(40)
+            ]
+        )
         compute_aggregation("m", force=True)
         assert cells() == recomputed()
 
 
 def test_a_windowed_wildcard_level_counts_contributors_too(make_definition):
     make_definition("m", group2_key="g2", p_percent=10)
-    record_measures([body(1, "x", "alice", group2={"g2": 1}), body(2, "y", "alice", group2={"g2": 2}),
-                     body(3, "y", group2={"g2": 2})])
+    record_measures(
+        [
+            body(1, "x", "alice", group2={"g2": 1}),
+            body(2, "y", "alice", group2={"g2": 2}),
+            body(3, "y", group2={"g2": 2}),
+        ]
+    )
     compute_aggregation("m", force=True)
     compute_wildcard_aggregate("m", ["group1", "group2"])
-    star = db.session.execute(sa.text(
-        "SELECT count, contributors, largest_value, second_largest_value FROM aggregate"
-        " WHERE group1 = '{\"g1\": \"*\"}'")).one()
+    star = db.session.execute(
+        sa.text(
+            "SELECT count, contributors, largest_value, second_largest_value FROM aggregate"
+            ' WHERE group1 = \'{"g1": "*"}\''
+        )
+    ).one()
     assert tuple(star) == (3, 2, 3, 2)
 
 
@@ -107,8 +143,9 @@ def test_the_pseudonym_is_stored_only_as_a_keyed_hash_scoped_to_the_writer_org(m
     expected = hmac.new(CONTRIBUTOR_SECRET.encode(), b"cozy\0alice-secret-pseudonym", hashlib.sha256).digest()
     assert hashes[0] == expected and len(hashes[1]) == 32 and hashes[1] != expected
     assert cells()["x"][1] == 2  # two orgs' "alice" are two contributors
-    dump = db.session.execute(sa.text(
-        "SELECT string_agg(t::text, ' ') FROM (SELECT * FROM raw_measure) t")).scalar()
+    dump = db.session.execute(
+        sa.text("SELECT string_agg(t::text, ' ') FROM (SELECT * FROM raw_measure) t")
+    ).scalar()
     assert "alice" not in dump and "alice" not in caplog.text
 
 
@@ -140,11 +177,18 @@ def test_over_the_cap_a_contributor_is_refused_with_409(client, make_definition,
     # Bulk: all or nothing.
     items = [body(contributor="carol"), body(contributor="carol", group="y"), body(contributor="carol")]
     assert client.post("/measures", json=items, headers=headers).status_code == 201
-    response = client.post("/measures", json=[body(contributor="dave"), body(contributor="carol")], headers=headers)
+    response = client.post(
+        "/measures", json=[body(contributor="dave"), body(contributor="carol")], headers=headers
+    )
     assert response.status_code == 409
     assert db.session.scalar(sa.select(sa.func.count()).select_from(RawMeasure)) == 9
-    quotas = dict(db.session.execute(sa.select(ContributorQuota.group1["g1"].astext, sa.func.sum(
-        ContributorQuota.contributions)).group_by(ContributorQuota.group1["g1"].astext)).all())
+    quotas = dict(
+        db.session.execute(
+            sa.select(
+                ContributorQuota.group1["g1"].astext, sa.func.sum(ContributorQuota.contributions)
+            ).group_by(ContributorQuota.group1["g1"].astext)
+        ).all()
+    )
     assert quotas == {"x": 6, "y": 2}
 
 
@@ -156,8 +200,11 @@ def test_the_cap_holds_under_concurrent_writers(app, make_definition):
         with app.app_context():
             start.wait()
             try:
-                record_measure(body(contributor="alice", measureId=f"c-{keyed}") if keyed % 2 else body(
-                    contributor="alice"))
+                record_measure(
+                    body(contributor="alice", measureId=f"c-{keyed}")
+                    if keyed % 2
+                    else body(contributor="alice")
+                )
                 outcomes.append(201)
             except Exception as exc:  # Conflict
                 outcomes.append(getattr(exc, "status", 500))
@@ -186,8 +233,10 @@ def test_the_embedded_default_generates_its_secret_once_with_mode_0600(tmp_path)
 
 
 def test_without_a_secret_an_external_database_refuses_contributors_with_503(client, measure, auth_header):
-    client.application.extensions["dacc_contributor_key"], saved = None, client.application.extensions[
-        "dacc_contributor_key"]
+    client.application.extensions["dacc_contributor_key"], saved = (
+        None,
+        client.application.extensions["dacc_contributor_key"],
+    )
     try:
         response = client.post("/measure", json=body(contributor="alice"), headers=auth_header())
         assert response.status_code == 503 and "contributor_secret" in response.get_json()["error"]
@@ -222,8 +271,14 @@ def test_without_a_dominance_rule_no_second_largest_is_kept_and_setting_one_rebu
     record_measures([body(1, "x", "alice"), body(5, "x", "bob"), body(3, "x")])
     compute_aggregation("m", force=True)
     assert cells()["x"] == (3, 3, 5, None)
-    item = {"name": "m", "org": "org", "group1Key": "g1", "aggregationThreshold": 1,
-            "wildcardGroups": [["group1"]], "pPercent": 15}
+    item = {
+        "name": "m",
+        "org": "org",
+        "group1Key": "g1",
+        "aggregationThreshold": 1,
+        "wildcardGroups": [["group1"]],
+        "pPercent": 15,
+    }
     assert upsert_definitions(validate_definitions([item])) == [("m", "rebuilding")]
     compute_aggregation("m", force=True)
     assert cells() == recomputed() == {"x": (3, 3, 5, 3), "*": (3, 3, 5, 3)}

@@ -6,7 +6,13 @@ import time
 
 import pytest
 
-MEASURE = {"measureName": "m", "value": 1, "startDate": "2024-01-01", "createdBy": "app", "group1": {"g1": "a"}}
+MEASURE = {
+    "measureName": "m",
+    "value": 1,
+    "startDate": "2024-01-01",
+    "createdBy": "app",
+    "group1": {"g1": "a"},
+}
 AGGREGATE = "/aggregate?measureName=m&startDate=2024-01-01&endDate=2024-02-01"
 
 

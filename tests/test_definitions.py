@@ -43,13 +43,29 @@ def count(model):
 def test_validation_fills_the_defaults(app):
     (row,) = definitions.validate_definitions([{"name": "m", "org": "o"}])
     assert row == {
-        "id": None, "name": "m", "org": "o", "created_by": None, "group1_key": None,
-        "group2_key": None, "group3_key": None, "description": None, "aggregation_period": "day",
-        "execution_frequency": "day", "aggregation_threshold": 5, "access_app": False,
-        "access_public": False, "with_quartiles": False, "max_days_to_update_quartile": 100,
-        "wildcard_groups": [], "raw_retention_days": None, "publish_delay_hours": 0,
+        "id": None,
+        "name": "m",
+        "org": "o",
+        "created_by": None,
+        "group1_key": None,
+        "group2_key": None,
+        "group3_key": None,
+        "description": None,
+        "aggregation_period": "day",
+        "execution_frequency": "day",
+        "aggregation_threshold": 5,
+        "access_app": False,
+        "access_public": False,
+        "with_quartiles": False,
+        "max_days_to_update_quartile": 100,
+        "wildcard_groups": [],
+        "raw_retention_days": None,
+        "publish_delay_hours": 0,
         # writers None: resolved at upsert ([org] when new, kept when stored).
-        "writers": None, "extremes": "k2", "p_percent": None, "max_contributions_per_cell": None,
+        "writers": None,
+        "extremes": "k2",
+        "p_percent": None,
+        "max_contributions_per_cell": None,
     }
 
 
@@ -92,7 +108,9 @@ def test_invalid_field_names_the_definition_and_the_field(app, overrides, messag
 
 def test_every_fault_is_listed_at_once(app):
     with pytest.raises(BadRequest) as caught:
-        definitions.validate_definitions([definition(aggregationThreshold=0), "oops", definition(name="b", org=3)])
+        definitions.validate_definitions(
+            [definition(aggregationThreshold=0), "oops", definition(name="b", org=3)]
+        )
     lines = caught.value.message.splitlines()
     assert lines[0] == "invalid definitions, nothing written:"
     assert lines[1].startswith('definitions[0] (name "m"): aggregationThreshold')
@@ -101,7 +119,9 @@ def test_every_fault_is_listed_at_once(app):
 
 
 def test_duplicate_names_in_the_file_are_refused(app):
-    with pytest.raises(BadRequest, match=r'definitions\[2\] \(name "m"\): name: duplicate of definitions\[0\]'):
+    with pytest.raises(
+        BadRequest, match=r'definitions\[2\] \(name "m"\): name: duplicate of definitions\[0\]'
+    ):
         definitions.validate_definitions([definition(), definition(name="n"), definition()])
 
 
@@ -117,7 +137,9 @@ def test_upsert_updates_by_name_and_touches_updated_at(app):
     definitions.upsert_definitions(definitions.validate_definitions([definition()]))
     before = stored()
     id_, updated = before.id, before.updated_at
-    rows = definitions.validate_definitions([definition(aggregationThreshold=10, wildcardGroups=[["group1"]])])
+    rows = definitions.validate_definitions(
+        [definition(aggregationThreshold=10, wildcardGroups=[["group1"]])]
+    )
     assert definitions.upsert_definitions(rows) == [("m", "updated")]
     after = stored()
     assert (after.id, after.aggregation_threshold, after.wildcard_groups) == (id_, 10, [["group1"]])
@@ -161,7 +183,7 @@ def test_shipped_files_are_valid(app, path):
 
 
 def test_example_file_shows_every_field(app):
-    (first, *_) = json.loads((REPO / "assets/definitions-example.json").read_text())["definitions"]
+    first, *_ = json.loads((REPO / "assets/definitions-example.json").read_text())["definitions"]
     assert list(first) == list(definitions.FIELDS)
 
 
@@ -169,24 +191,59 @@ def test_remove_deletes_the_definition_and_everything_it_owns(app, make_definiti
     make_definition("m")
     make_definition("other")
     for name in ("m", "m", "other"):
-        record_measure({"measureName": name, "value": 1, "startDate": "2022-01-01", "createdBy": "a",
-                        "group1": {"g1": "x"}, "measureId": f"id-{count(RawMeasure)}"})
-    cell = dict(start_date=datetime(2022, 1, 1), created_by="a", group1={"g1": "x"}, count=2,
-                count_not_zero=2, sum=2, sum_squares=2, min=1, max=1, avg=1.0, std=0.0,
-                contributors=2, largest_value=1, second_largest_value=1)
-    db.session.add_all([
-        Aggregate(measure_name="m", **cell),
-        Aggregate(measure_name="other", **cell),
-        AggregationState(measure_name="m"),
-        RefusedRawMeasure(measure_name="m", value=1, start_date=datetime(2022, 1, 1), created_by="a",
-                          last_updated=datetime(2022, 1, 2), reason="test"),
-    ])
+        record_measure(
+            {
+                "measureName": name,
+                "value": 1,
+                "startDate": "2022-01-01",
+                "createdBy": "a",
+                "group1": {"g1": "x"},
+                "measureId": f"id-{count(RawMeasure)}",
+            }
+        )
+    cell = dict(
+        start_date=datetime(2022, 1, 1),
+        created_by="a",
+        group1={"g1": "x"},
+        count=2,
+        count_not_zero=2,
+        sum=2,
+        sum_squares=2,
+        min=1,
+        max=1,
+        avg=1.0,
+        std=0.0,
+        contributors=2,
+        largest_value=1,
+        second_largest_value=1,
+    )
+    db.session.add_all(
+        [
+            Aggregate(measure_name="m", **cell),
+            Aggregate(measure_name="other", **cell),
+            AggregationState(measure_name="m"),
+            RefusedRawMeasure(
+                measure_name="m",
+                value=1,
+                start_date=datetime(2022, 1, 1),
+                created_by="a",
+                last_updated=datetime(2022, 1, 2),
+                reason="test",
+            ),
+        ]
+    )
     db.session.commit()
     assert definitions.remove_definition("m") == {
-        "raw measures": 2, "refused measures": 1, "measure ids": 2, "aggregates": 1, "aggregation states": 1,
+        "raw measures": 2,
+        "refused measures": 1,
+        "measure ids": 2,
+        "aggregates": 1,
+        "aggregation states": 1,
     }
-    assert [count(m) for m in (MeasureDefinition, RawMeasure, MeasureKey, Aggregate, AggregationState,
-                               RefusedRawMeasure)] == [1, 1, 1, 1, 0, 0]
+    assert [
+        count(m)
+        for m in (MeasureDefinition, RawMeasure, MeasureKey, Aggregate, AggregationState, RefusedRawMeasure)
+    ] == [1, 1, 1, 1, 0, 0]
 
 
 def test_remove_unknown_definition_is_not_found(app):
@@ -210,7 +267,10 @@ def test_cache_notices_another_process_after_its_ttl(app, make_definition, monke
     db.session.execute(sa.update(MeasureDefinition).values(group1_key="other"))
     db.session.commit()
     monkeypatch.setattr(definitions, "CACHE_SECONDS", 0.0)
-    app.extensions[definitions.CACHE_KEY]["m"] = (0.0, app.extensions[definitions.CACHE_KEY]["m"][1])  # expired
+    app.extensions[definitions.CACHE_KEY]["m"] = (
+        0.0,
+        app.extensions[definitions.CACHE_KEY]["m"][1],
+    )  # expired
     assert definitions.get_definition_rules("m").group_keys[0] == "other"
 
 
@@ -224,8 +284,15 @@ def test_unknown_name_is_not_cached(app, make_definition):
 
 
 def measure(value, day="2024-01-01", group="x", created_by="app", name="m"):
-    record_measure({"measureName": name, "value": value, "startDate": day, "createdBy": created_by,
-                    "group1": {"g1": group}})
+    record_measure(
+        {
+            "measureName": name,
+            "value": value,
+            "startDate": day,
+            "createdBy": created_by,
+            "group1": {"g1": group},
+        }
+    )
 
 
 def cells(name="m"):
@@ -252,7 +319,9 @@ def upsert(*items):
         ({"createdBy": "another"}, 'createdBy: cannot become "another": stored raw measures or aggregates'),
     ],
 )
-def test_structural_change_with_data_is_refused_and_the_file_writes_nothing(app, overrides, message, aggregated):
+def test_structural_change_with_data_is_refused_and_the_file_writes_nothing(
+    app, overrides, message, aggregated
+):
     upsert(definition(aggregationThreshold=3))
     measure(1)
     if aggregated:
@@ -292,8 +361,16 @@ def test_free_fields_change_with_data(app):
     upsert(definition())
     measure(1)
     compute_aggregation("m", force=True)
-    free = {"aggregationThreshold": 9, "accessApp": True, "accessPublic": True, "description": "d",
-            "rawRetentionDays": 30, "org": "other", "executionFrequency": "week", "maxDaysToUpdateQuartile": 7}
+    free = {
+        "aggregationThreshold": 9,
+        "accessApp": True,
+        "accessPublic": True,
+        "description": "d",
+        "rawRetentionDays": 30,
+        "org": "other",
+        "executionFrequency": "week",
+        "maxDaysToUpdateQuartile": 7,
+    }
     assert upsert(definition(**free)) == [("m", "updated")]
     assert (stored().aggregation_threshold, stored().org) == (9, "other")
     assert cells() == [('{"g1": "x"}', 1, 1)]
@@ -336,8 +413,11 @@ def test_wildcard_change_after_a_purge_is_refused_and_nothing_is_deleted(app):
     compute_aggregation("m", force=True)
     db.session.execute(sa.update(Aggregate).values(last_raw_measures_purged=sa.func.now()))
     db.session.commit()
-    with pytest.raises(BadRequest, match=r'definitions\[1\] \(name "m"\): wildcardGroups: cannot change: raw '
-                                         "measures of m were purged"):
+    with pytest.raises(
+        BadRequest,
+        match=r'definitions\[1\] \(name "m"\): wildcardGroups: cannot change: raw '
+        "measures of m were purged",
+    ):
         upsert(definition(name="other", aggregationThreshold=9), definition(wildcardGroups=[["group1"]]))
     assert stored().wildcard_groups == [] and stored("other").aggregation_threshold == 5
     assert cells() == [('{"g1": "x"}', 1, 1)]

@@ -77,8 +77,14 @@ def _wait_status(port, wanted, seconds, process=None):
 
 
 def _flask(env, folder, *args):
-    return subprocess.run([sys.executable, "-m", "flask", *args], env=env, cwd=folder,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "flask", *args],
+        env=env,
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def _postmaster(folder):

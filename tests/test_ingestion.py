@@ -1,7 +1,7 @@
 """Validation and storage of raw measures (dacc/ingestion.py), without HTTP."""
 
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -39,8 +39,9 @@ _ABSENT = object()
 
 def raw_rows():
     return db.session.execute(
-        sa.select(RawMeasure.value, RawMeasure.start_date, RawMeasure.created_by, RawMeasure.group1)
-        .order_by(RawMeasure.id)
+        sa.select(RawMeasure.value, RawMeasure.start_date, RawMeasure.created_by, RawMeasure.group1).order_by(
+            RawMeasure.id
+        )
     ).all()
 
 
@@ -76,8 +77,23 @@ def test_value_is_kept_with_two_decimals(definition, value, stored):
 
 @pytest.mark.parametrize(
     "value",
-    [None, True, False, float("nan"), float("inf"), float("-inf"), "abc", "NaN", "Infinity",
-     "1_000", " 1", "", [1], {"v": 1}, "0x10"],
+    [
+        None,
+        True,
+        False,
+        float("nan"),
+        float("inf"),
+        float("-inf"),
+        "abc",
+        "NaN",
+        "Infinity",
+        "1_000",
+        " 1",
+        "",
+        [1],
+        {"v": 1},
+        "0x10",
+    ],
 )
 def test_value_that_is_not_a_finite_number_is_refused(definition, value):
     with pytest.raises(BadRequest, match="^value: expected a finite number"):
@@ -131,8 +147,20 @@ def test_start_date_is_truncated_to_the_period_start(make_definition, period, gi
 
 @pytest.mark.parametrize(
     "given",
-    [None, 20220105, "", "2022-1-5", "05/01/2022", "2022-01-05T", "2022-02-30", "2022-01-05T25:00",
-     "2022-01-05x10:00", "2022-W01-3", "yesterday", "2022-01-05T10:00:00+25:00"],
+    [
+        None,
+        20220105,
+        "",
+        "2022-1-5",
+        "05/01/2022",
+        "2022-01-05T",
+        "2022-02-30",
+        "2022-01-05T25:00",
+        "2022-01-05x10:00",
+        "2022-W01-3",
+        "yesterday",
+        "2022-01-05T10:00:00+25:00",
+    ],
 )
 def test_start_date_that_is_not_iso_8601_is_refused(definition, given):
     with pytest.raises(BadRequest, match="^startDate: "):
@@ -140,9 +168,9 @@ def test_start_date_that_is_not_iso_8601_is_refused(definition, given):
 
 
 def test_start_date_more_than_a_day_ahead_is_refused(definition):
-    soon = datetime.now(timezone.utc) + timedelta(hours=23)
+    soon = datetime.now(UTC) + timedelta(hours=23)
     assert parse_measure(body(startDate=soon.isoformat()))
-    later = datetime.now(timezone.utc) + timedelta(hours=25)
+    later = datetime.now(UTC) + timedelta(hours=25)
     with pytest.raises(BadRequest, match="^startDate: more than 24 hours in the future"):
         parse_measure(body(startDate=later.isoformat()))
 
@@ -297,7 +325,9 @@ def test_bulk_stores_all_and_counts_duplicates(definition):
 def test_bulk_escapes_text_for_copy(make_definition):
     make_definition("m", group1_key="g1")
     tricky = 'back\\slash "quote" é ☃'
-    record_measures([body(group1={"g1": tricky}, createdBy="a\\b"), body(group1={"g1": tricky}, measureId="x")])
+    record_measures(
+        [body(group1={"g1": tricky}, createdBy="a\\b"), body(group1={"g1": tricky}, measureId="x")]
+    )
     assert [row.group1 for row in raw_rows()] == [{"g1": tricky}] * 2
     assert [row.created_by for row in raw_rows()] == ["a\\b", "app"]
 

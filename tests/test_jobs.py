@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import datetime
 
 import pytest
 import sqlalchemy as sa
@@ -21,8 +20,7 @@ def _summary(results):
 
 def _cell_counts(name):
     return db.session.execute(
-        sa.text("SELECT group1 ->> 'g1', count FROM aggregate WHERE measure_name = :name"
-                " ORDER BY 1"),
+        sa.text("SELECT group1 ->> 'g1', count FROM aggregate WHERE measure_name = :name" " ORDER BY 1"),
         {"name": name},
     ).all()
 
@@ -173,11 +171,15 @@ def _lock_holders() -> int:
 
 def _waiting_on(relation: str) -> bool:
     with db.engine.connect() as conn:
-        return conn.execute(
-            sa.text("SELECT count(*) FROM pg_locks WHERE NOT granted"
-                    " AND relation = CAST(:rel AS regclass)"),
-            {"rel": relation},
-        ).scalar() > 0
+        return (
+            conn.execute(
+                sa.text(
+                    "SELECT count(*) FROM pg_locks WHERE NOT granted" " AND relation = CAST(:rel AS regclass)"
+                ),
+                {"rel": relation},
+            ).scalar()
+            > 0
+        )
 
 
 def _wait_for(condition, timeout=20.0) -> None:

@@ -124,13 +124,27 @@ def test_logging_enable_sends_to_syslog_at_or_above_logger_criticity(
     config = load_config({}, tmp_path)
     assert config.log_to_syslog and config.syslog_address == f"127.0.0.1:{port}"
     configure_logging(config)
-    levels = {"debug": logging.DEBUG, "info": logging.INFO, "notice": NOTICE,
-              "warning": logging.WARNING, "error": logging.ERROR, "critical": logging.CRITICAL}
+    levels = {
+        "debug": logging.DEBUG,
+        "info": logging.INFO,
+        "notice": NOTICE,
+        "warning": logging.WARNING,
+        "error": logging.ERROR,
+        "critical": logging.CRITICAL,
+    }
     for name in sent:
         logging.getLogger("dacc.test").log(levels[name], "hello %s", name)
     logging.getLogger("dacc.test").critical("end")
-    severities = {"emerg": 0, "alert": 1, "crit": 2, "err": 3, "warning": 4, "notice": 5,
-                  "info": 6, "debug": 7}
+    severities = {
+        "emerg": 0,
+        "alert": 1,
+        "crit": 2,
+        "err": 3,
+        "warning": 4,
+        "notice": 5,
+        "info": 6,
+        "debug": 7,
+    }
     got = []
     while True:
         data = syslog_server.recv(4096).decode()

@@ -19,10 +19,14 @@ def test_filtered_view_is_the_ledger_view_of_the_code(app):
 
     with db.engine.begin() as conn:
         conn.execute(sa.text("CREATE TEMP VIEW code_view AS " + FILTERED_AGGREGATION_VIEW))
-        live, code = conn.execute(sa.text(
-            "SELECT pg_get_viewdef('filtered_aggregation'::regclass), pg_get_viewdef('code_view'::regclass)"
-        )).one()
-        kind = conn.execute(sa.text("SELECT relkind FROM pg_class WHERE relname = 'filtered_aggregation'")).scalar()
+        live, code = conn.execute(
+            sa.text(
+                "SELECT pg_get_viewdef('filtered_aggregation'::regclass), pg_get_viewdef('code_view'::regclass)"
+            )
+        ).one()
+        kind = conn.execute(
+            sa.text("SELECT relkind FROM pg_class WHERE relname = 'filtered_aggregation'")
+        ).scalar()
     assert (kind, live) == ("v", code)
 
 

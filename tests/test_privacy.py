@@ -56,8 +56,13 @@ def test_a_two_star_total_is_absent_when_a_suppressed_one_star_part_is_under_k(m
     put_aggregates(
         "m",
         {
-            ("x", "p"): 2, ("x", "q"): 1, ("y", "p"): 3, ("y", "q"): 3, ("y", "r"): 10,
-            ("x", "*"): 3, ("y", "*"): 16,
+            ("x", "p"): 2,
+            ("x", "q"): 1,
+            ("y", "p"): 3,
+            ("y", "q"): 3,
+            ("y", "r"): 10,
+            ("x", "*"): 3,
+            ("y", "*"): 16,
             ("*", "*"): 19,
         },
     )
@@ -71,15 +76,25 @@ def test_a_two_star_total_is_absent_when_only_its_plain_cells_give_it_away(make_
     put_aggregates(
         "m",
         {
-            ("x", "p"): 10, ("x", "q"): 10, ("y", "p"): 10, ("y", "q"): 3,
-            ("x", "*"): 20, ("y", "*"): 13, ("*", "p"): 20, ("*", "q"): 13,
+            ("x", "p"): 10,
+            ("x", "q"): 10,
+            ("y", "p"): 10,
+            ("y", "q"): 3,
+            ("x", "*"): 20,
+            ("y", "*"): 13,
+            ("*", "p"): 20,
+            ("*", "q"): 13,
             ("*", "*"): 43,
         },
     )
     published = served()
     assert ("*", "*") not in published
     assert published == {
-        ("x", "p"): 10, ("x", "q"): 10, ("y", "p"): 10, ("x", "*"): 20, ("*", "p"): 20,
+        ("x", "p"): 10,
+        ("x", "q"): 10,
+        ("y", "p"): 10,
+        ("x", "*"): 20,
+        ("*", "p"): 20,
     }
 
 
@@ -109,7 +124,10 @@ def test_each_start_date_is_decided_on_its_own(make_definition):
         sa.text("SELECT start_date, group1 FROM filtered_aggregation ORDER BY 1, 2")
     ).all()
     assert [(d.day, values([g])) for d, g in rows] == [
-        (1, ("x",)), (2, ("*",)), (2, ("x",)), (2, ("y",)),
+        (1, ("x",)),
+        (2, ("*",)),
+        (2, ("x",)),
+        (2, ("y",)),
     ]
 
 
@@ -130,11 +148,7 @@ K = 5
 
 def _random_cells(rng: random.Random) -> dict:
     """Plain cells with random counts, and the exact sums of a random set of levels."""
-    plain = {
-        combo: rng.randint(1, 12)
-        for combo in itertools.product(*DOMAINS)
-        if rng.random() < 0.8
-    }
+    plain = {combo: rng.randint(1, 12) for combo in itertools.product(*DOMAINS) if rng.random() < 0.8}
     cells = dict(plain)
     for mask in range(1, 8):
         if rng.random() < 0.6:
@@ -184,8 +198,10 @@ def _leaks(rows: list[dict], k: int) -> list:
         for size in range(len(stars)):
             for kept in itertools.combinations(sorted(stars), size):
                 shown = sum(
-                    c for (b, d, p), c in index.items()
-                    if (b, d) == (by, day) and _stars(p) == frozenset(kept)
+                    c
+                    for (b, d, p), c in index.items()
+                    if (b, d) == (by, day)
+                    and _stars(p) == frozenset(kept)
                     and all(p[i] == key[i] for i in range(3) if i not in stars)
                 )
                 if 0 < count - shown < k:
@@ -210,8 +226,11 @@ def test_random_data_no_combination_of_served_rows_isolates_under_k(make_definit
             assert recoverable(cells, shown, K) == [], f"seed {seed}, {app}"
             secondary += sum(1 for key, n in cells.items() if n >= K and key not in shown)
             with_wildcards += any("*" in key for key in shown)
-        rows = [r for r in client.post("/aggregate", json=query, headers=headers).get_json()
-                if r["startDate"].startswith(day.strftime("%Y-%m-%d"))]
+        rows = [
+            r
+            for r in client.post("/aggregate", json=query, headers=headers).get_json()
+            if r["startDate"].startswith(day.strftime("%Y-%m-%d"))
+        ]
         assert _leaks(rows, K) == [], f"seed {seed}"
     # The data exercised the secondary rule, and wildcard rows are still served.
     assert secondary > 25
@@ -221,7 +240,10 @@ def test_random_data_no_combination_of_served_rows_isolates_under_k(make_definit
 def test_the_view_holds_no_row_under_its_threshold_whatever_the_data(make_definition):
     define(make_definition, groups=3, k=K)
     put_aggregates("m", _random_cells(random.Random(99)))
-    assert db.session.scalar(sa.text("SELECT count(*) FROM filtered_aggregation WHERE count < :k"), {"k": K}) == 0
+    assert (
+        db.session.scalar(sa.text("SELECT count(*) FROM filtered_aggregation WHERE count < :k"), {"k": K})
+        == 0
+    )
 
 
 # --- access to results

@@ -20,8 +20,7 @@ MINUTE = 60
 START = datetime(2024, 1, 10, 8, 30)
 
 
-def insert_raw(name, *, age_seconds, n=1, start_date=START, group1=None, created_by="app",
-               value=1):
+def insert_raw(name, *, age_seconds, n=1, start_date=START, group1=None, created_by="app", value=1):
     """Insert `n` raw measures ingested `age_seconds` ago; commits."""
     db.session.execute(
         sa.text(
@@ -147,8 +146,10 @@ def test_measure_id_tombstones_survive_the_purge(make_definition):
     make_definition("m")
     insert_raw("m", age_seconds=100 * DAY)
     db.session.execute(
-        sa.text("INSERT INTO measure_key (measure_name, measure_id, created_at)"
-                " VALUES ('m', 'client-42', now() - interval '100 days')")
+        sa.text(
+            "INSERT INTO measure_key (measure_name, measure_id, created_at)"
+            " VALUES ('m', 'client-42', now() - interval '100 days')"
+        )
     )
     db.session.commit()
     mark_aggregated("m")
@@ -259,10 +260,16 @@ def test_cells_that_lost_raw_rows_are_stamped_plain_and_wildcard(make_definition
     assert (result.deleted, result.stamped) == (2, 3)
     assert stamped_cells("m") == {plain_a, wildcard, other_week}
     assert {plain_b, other_app}.isdisjoint(stamped_cells("m"))
-    stamps = db.session.execute(
-        sa.text("SELECT DISTINCT last_raw_measures_purged <= now() FROM aggregate"
-                " WHERE last_raw_measures_purged IS NOT NULL")
-    ).scalars().all()
+    stamps = (
+        db.session.execute(
+            sa.text(
+                "SELECT DISTINCT last_raw_measures_purged <= now() FROM aggregate"
+                " WHERE last_raw_measures_purged IS NOT NULL"
+            )
+        )
+        .scalars()
+        .all()
+    )
     assert stamps == [True]
 
 
@@ -287,9 +294,11 @@ def test_cells_of_a_definition_with_two_groups_match_each_wildcard_level(make_de
         for g2 in ("x", "*", "y"):
             cells[g1, g2] = _cell2("m", day, {"g1": g1}, {"g2": g2})
     db.session.execute(
-        sa.text("INSERT INTO raw_measure (measure_name, value, start_date, created_by, group1,"
-                " group2, last_updated) VALUES ('m', 1, :day, 'app', '{\"g1\": \"a\"}',"
-                " '{\"g2\": \"x\"}', now() - interval '100 days')"),
+        sa.text(
+            "INSERT INTO raw_measure (measure_name, value, start_date, created_by, group1,"
+            " group2, last_updated) VALUES ('m', 1, :day, 'app', '{\"g1\": \"a\"}',"
+            " '{\"g2\": \"x\"}', now() - interval '100 days')"
+        ),
         {"day": day},
     )
     db.session.commit()

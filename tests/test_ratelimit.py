@@ -17,7 +17,9 @@ def test_past_the_limit_a_token_gets_429_json_with_retry_after(limited, make_tok
     _, first = make_token("org")
     _, second = make_token("org")
     client = limited.test_client()
-    statuses = [client.get("/whoami", headers={"Authorization": f"Bearer {first}"}).status_code for _ in range(3)]
+    statuses = [
+        client.get("/whoami", headers={"Authorization": f"Bearer {first}"}).status_code for _ in range(3)
+    ]
     assert statuses == [200, 200, 200]
     response = client.get("/whoami", headers={"Authorization": f"Bearer {first}"})
     assert response.status_code == 429
@@ -41,6 +43,8 @@ def test_a_malformed_rate_limit_is_a_config_error(tmp_path, value):
 
 
 def test_rate_limit_is_read_from_the_config(tmp_path):
-    (tmp_path / "config.yml").write_text('dacc: {rate_limit: "1000/minute", rate_limit_storage: "redis://h:6379/0"}\n')
+    (tmp_path / "config.yml").write_text(
+        'dacc: {rate_limit: "1000/minute", rate_limit_storage: "redis://h:6379/0"}\n'
+    )
     config = load_config(environ={}, cwd=tmp_path)
     assert (config.rate_limit, config.rate_limit_storage) == ("1000/minute", "redis://h:6379/0")

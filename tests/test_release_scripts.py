@@ -25,7 +25,9 @@ def repo(tmp_path):
         shutil.copy2(ROOT / "scripts" / name, tmp_path / "scripts" / name)
     (tmp_path / "dacc").mkdir()
     (tmp_path / "dacc" / "VERSION").write_text("1.2.3-dev\n")
-    (tmp_path / "CHANGELOG.md").write_text("# Changelog\n\n## Unreleased\n\n- a change\n\n## 1.2.2 (2020-01-01)\n")
+    (tmp_path / "CHANGELOG.md").write_text(
+        "# Changelog\n\n## Unreleased\n\n- a change\n\n## 1.2.2 (2020-01-01)\n"
+    )
     _git(tmp_path, "init", "-q", "-b", "main")
     _git(tmp_path, "config", "user.email", "test@example.invalid")
     _git(tmp_path, "config", "user.name", "Test")
@@ -56,7 +58,9 @@ def test_the_package_and_its_metadata_read_the_one_file():
 
 def test_dacc_version_prints_dacc_s_version(tmp_path):
     dacc_command = Path(sys.executable).parent / "dacc"  # this virtualenv's, not another's
-    result = subprocess.run([str(dacc_command), "--version"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    result = subprocess.run(
+        [str(dacc_command), "--version"], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
     assert result.returncode == 0
     assert result.stdout.startswith(f"DACC {dacc.__version__} (Flask ")
 

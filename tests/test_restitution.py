@@ -34,7 +34,9 @@ def _read(**params) -> list:
     ],
 )
 def test_dates_are_iso_8601_read_as_utc(start, expected):
-    query = parse_aggregate_query({"measureName": "m", "startDate": start, "endDate": "2026-11-22T18:55:27.123Z"})
+    query = parse_aggregate_query(
+        {"measureName": "m", "startDate": start, "endDate": "2026-11-22T18:55:27.123Z"}
+    )
     assert query == AggregateQuery("m", expected, datetime(2026, 11, 22, 18, 55, 27, 123000))
 
 
@@ -113,9 +115,17 @@ def test_numbers_are_json_numbers_and_quartiles_absent_without_them(app, make_de
     assert '"sum":6.00' in text and '"count":3,' in text
     assert _read() == [
         {
-            "measureName": "m", "startDate": "2024-03-01T00:00:00", "createdBy": "app",
-            "group1": {"a": "x"}, "count": 3, "countNotZero": 3, "sum": 6, "min": 2, "max": 2,
-            "avg": 2, "std": 0,
+            "measureName": "m",
+            "startDate": "2024-03-01T00:00:00",
+            "createdBy": "app",
+            "group1": {"a": "x"},
+            "count": 3,
+            "countNotZero": 3,
+            "sum": 6,
+            "min": 2,
+            "max": 2,
+            "avg": 2,
+            "std": 0,
         }
     ]
 
@@ -150,11 +160,7 @@ def test_declared_wildcard_levels_are_served_after_suppression(app, make_definit
     cells = {("x", "p"): 3, ("x", "q"): 3, ("y", "p"): 3, ("y", "q"): 2}
     insert_raw(
         "m",
-        [
-            (Decimal(1), DAY, "app", {"a": a}, {"b": b}, None)
-            for (a, b), n in cells.items()
-            for _ in range(n)
-        ],
+        [(Decimal(1), DAY, "app", {"a": a}, {"b": b}, None) for (a, b), n in cells.items() for _ in range(n)],
     )
     compute_aggregation("m", force=True)
     served = {(r["group1"]["a"], r["group2"]["b"]): r["count"] for r in _read()}
@@ -283,8 +289,12 @@ def test_bounds_within_one_day_share_a_cache_key(app, make_definition):
     define(make_definition, groups=1, k=1)
     put_aggregates("m", {("x",): 1}, day=datetime(2024, 3, 1))
     put_aggregates("m", {("y",): 1}, day=datetime(2024, 3, 2))
-    assert [r["group1"]["a"] for r in _read(startDate="2024-03-01T00:00:00", endDate="2024-03-01T10:00:00")] == ["x"]
+    assert [
+        r["group1"]["a"] for r in _read(startDate="2024-03-01T00:00:00", endDate="2024-03-01T10:00:00")
+    ] == ["x"]
     # (2024-03-01 00:00, 2024-03-02 00:00]: the same rows, so the same cached answer.
-    assert [r["group1"]["a"] for r in _read(startDate="2024-03-01T00:00:00", endDate="2024-03-02T00:00:00")] == ["x"]
+    assert [
+        r["group1"]["a"] for r in _read(startDate="2024-03-01T00:00:00", endDate="2024-03-02T00:00:00")
+    ] == ["x"]
     # A start after midnight excludes that day's cell.
     assert [r["group1"]["a"] for r in _read(startDate="2024-03-01T00:00:01", endDate="2024-03-03")] == ["y"]

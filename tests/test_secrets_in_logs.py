@@ -9,14 +9,22 @@ def test_no_log_record_holds_a_secret(client, runner, make_definition, make_toke
     _, secret = make_token("org")
     _, read_only = make_token("org", scopes=["aggregate:read"])
     secrets = [secret, read_only]
-    body = {"measureName": "m", "value": 1, "startDate": "2024-01-01", "createdBy": "app", "group1": {"g1": "a"}}
+    body = {
+        "measureName": "m",
+        "value": 1,
+        "startDate": "2024-01-01",
+        "createdBy": "app",
+        "group1": {"g1": "a"},
+    }
     for header in (f"Bearer {secret}", f"Bearer {read_only}", f"Basic {secret}", f"Bearer {secret}x", secret):
         headers = {"Authorization": header}
         client.get("/whoami", headers=headers)
         client.post("/measure", json=body, headers=headers)
         client.post("/measure", json={**body, "value": secret}, headers=headers)
         client.post("/measures", json=[body, {**body, "createdBy": secret}], headers=headers)
-        client.get(f"/aggregate?measureName={secret}&startDate=2024-01-01&endDate=2024-02-01", headers=headers)
+        client.get(
+            f"/aggregate?measureName={secret}&startDate=2024-01-01&endDate=2024-02-01", headers=headers
+        )
     result = runner.invoke(args=["token", "create", "other"])
     assert result.exit_code == 0
     secrets.append(result.output.strip().splitlines()[-1])
@@ -27,4 +35,4 @@ def test_no_log_record_holds_a_secret(client, runner, make_definition, make_toke
     assert caplog.records  # the requests were logged
     for s in secrets:
         assert s not in logged
-        assert s[len("dacc_"):] not in logged
+        assert s[len("dacc_") :] not in logged

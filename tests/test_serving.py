@@ -6,14 +6,24 @@ import time
 
 import psutil
 
-MEASURE = {"measureName": "m", "value": 1, "startDate": "2024-01-01", "createdBy": "app", "group1": {"g1": "a"}}
+MEASURE = {
+    "measureName": "m",
+    "value": 1,
+    "startDate": "2024-01-01",
+    "createdBy": "app",
+    "group1": {"g1": "a"},
+}
 
 
 def _head(served, path, extra=b""):
     return (
-        f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {served.secret}\r\n"
-        "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n"
-    ).encode() + extra + b"\r\n"
+        (
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {served.secret}\r\n"
+            "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n"
+        ).encode()
+        + extra
+        + b"\r\n"
+    )
 
 
 def _answer(raw: bytes):
@@ -61,8 +71,11 @@ def test_eight_concurrent_16_mib_bulk_bodies_keep_worker_memory_bounded(served):
     answers = []
 
     def send():
-        answers.append(served.request("POST", "/measures", body, headers={"Content-Type": "application/json"},
-                                      timeout=60)[::2])
+        answers.append(
+            served.request(
+                "POST", "/measures", body, headers={"Content-Type": "application/json"}, timeout=60
+            )[::2]
+        )
 
     threads = [threading.Thread(target=send) for _ in range(8)]
     peak = before
@@ -108,10 +121,14 @@ def test_idle_and_slow_clients_do_not_starve_normal_requests(served):
     stop = threading.Event()
     idle = _open_idle("127.0.0.2", served.port, 150)
     head = b"GET /status HTTP/1.1\r\nHost: x\r\nX-Padding: " + b"a" * 200 + b"\r\n\r\n"
-    body = (b"POST /measure HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n"
-            + b" " * 500)
-    drippers = [threading.Thread(target=_drip, args=(f"127.0.0.{3 + i % 4}", served.port, data, stop))
-                for i, data in enumerate([head] * 12 + [body] * 12)]
+    body = (
+        b"POST /measure HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n"
+        + b" " * 500
+    )
+    drippers = [
+        threading.Thread(target=_drip, args=(f"127.0.0.{3 + i % 4}", served.port, data, stop))
+        for i, data in enumerate([head] * 12 + [body] * 12)
+    ]
     for thread in drippers:
         thread.start()
     try:
@@ -142,8 +159,10 @@ def test_a_slow_head_is_cut_off_and_a_slow_body_gets_408(served):
         assert sock.recv(100) == b""  # closed without an answer past --keep-alive (5 s)
         assert time.monotonic() - started < 8
     with socket.create_connection(("127.0.0.1", served.port), timeout=20) as sock:
-        sock.sendall(b"POST /measure HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: 100\r\n\r\n{")
+        sock.sendall(
+            b"POST /measure HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100\r\n\r\n{"
+        )
         answer = b""
         while chunk := sock.recv(1000):
             answer += chunk
@@ -188,6 +207,9 @@ def test_the_readme_and_the_image_serve_with_the_measured_options():
     from dacc.serving import GUNICORN_OPTIONS, SERVE_OPTIONS
 
     root = Path(__file__).resolve().parent.parent
-    assert f"gunicorn -b 127.0.0.1:5000 {' '.join(GUNICORN_OPTIONS)} 'dacc:create_app()'" in (root / "README.md").read_text()
+    assert (
+        f"gunicorn -b 127.0.0.1:5000 {' '.join(GUNICORN_OPTIONS)} 'dacc:create_app()'"
+        in (root / "README.md").read_text()
+    )
     script = (root / "scripts" / "docker-web.sh").read_text().replace("\\\n    ", "")
     assert f"exec gunicorn {' '.join(SERVE_OPTIONS)} -w " in script

@@ -20,12 +20,20 @@ CONSTANT = re.compile(r"^_?[A-Z][A-Z0-9_]*$")
 def _module_constants(tree: ast.Module) -> set[str]:
     names = set()
     for node in tree.body:
-        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        targets = (
+            node.targets
+            if isinstance(node, ast.Assign)
+            else [node.target] if isinstance(node, ast.AnnAssign) else []
+        )
         for target in targets:
             if isinstance(target, ast.Name) and CONSTANT.match(target.id):
                 names.add(target.id)
         if isinstance(node, ast.ImportFrom):
-            names.update(alias.asname or alias.name for alias in node.names if CONSTANT.match(alias.asname or alias.name))
+            names.update(
+                alias.asname or alias.name
+                for alias in node.names
+                if CONSTANT.match(alias.asname or alias.name)
+            )
     return names
 
 
@@ -66,7 +74,11 @@ def sql_built_from_variables(source: str) -> list[tuple[int, str]]:
             for arg in [*node.args, *(k.value for k in node.keywords)]:
                 if not _allowed(arg, constants):
                     faults.append((node.lineno, ast.unparse(arg)))
-        elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mod) and SQL.search(_literal_text(node.left)):
+        elif (
+            isinstance(node, ast.BinOp)
+            and isinstance(node.op, ast.Mod)
+            and SQL.search(_literal_text(node.left))
+        ):
             args = node.right.elts if isinstance(node.right, ast.Tuple) else [node.right]
             for arg in args:
                 if not _allowed(arg, constants):
@@ -82,7 +94,7 @@ def test_no_sql_text_is_formatted_from_a_variable(path):
 @pytest.mark.parametrize(
     "source",
     [
-        'def f(name):\n    return f"SELECT * FROM t WHERE name = \'{name}\'"',
+        "def f(name):\n    return f\"SELECT * FROM t WHERE name = '{name}'\"",
         'def f(table):\n    return "DELETE FROM {} WHERE 1".format(table)',
         'def f(x):\n    return "SELECT %s FROM t" % x',
         'LOCK = 1\ndef f(a):\n    return f"SELECT pg_advisory_lock({LOCK}) FROM t WHERE x = {a.b}"',

@@ -1,6 +1,6 @@
 """Token domain rules and bearer authentication on a route."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -67,7 +67,7 @@ def test_expired_token_is_401(client, make_token):
     db.session.execute(
         sa.update(ApiToken)
         .where(ApiToken.id == token.id)
-        .values(expires_at=datetime.now(timezone.utc) - timedelta(seconds=1))
+        .values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
     )
     db.session.commit()
     response = client.get("/whoami", headers={"Authorization": f"Bearer {secret}"})

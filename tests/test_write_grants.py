@@ -9,7 +9,10 @@ from dacc.definitions import upsert_definitions, validate_definitions
 from dacc.models import MeasureDefinition, RawMeasure
 
 VICTIM = {
-    "measureName": "m", "value": 250.5, "startDate": "2022-01-01", "createdBy": "ecolyo",
+    "measureName": "m",
+    "value": 250.5,
+    "startDate": "2022-01-01",
+    "createdBy": "ecolyo",
     "group1": {"heating": "electric"},
 }
 
@@ -17,10 +20,21 @@ VICTIM = {
 @pytest.fixture
 def pinned(app):
     """A measure pinned to the app ecolyo, written by the org cozy only, k = 5."""
-    upsert_definitions(validate_definitions([{
-        "name": "m", "org": "cozy", "createdBy": "ecolyo", "group1Key": "heating",
-        "aggregationThreshold": 5, "writers": ["cozy"], "wildcardGroups": [["group1"]],
-    }]))
+    upsert_definitions(
+        validate_definitions(
+            [
+                {
+                    "name": "m",
+                    "org": "cozy",
+                    "createdBy": "ecolyo",
+                    "group1Key": "heating",
+                    "aggregationThreshold": 5,
+                    "writers": ["cozy"],
+                    "wildcardGroups": [["group1"]],
+                }
+            ]
+        )
+    )
 
 
 def post(client, headers, body, path="/measure"):
@@ -28,9 +42,15 @@ def post(client, headers, body, path="/measure"):
 
 
 def served(client, headers):
-    response = client.get("/aggregate", json={
-        "measureName": "m", "startDate": "2022-01-01", "endDate": "2022-01-02",
-    }, headers=headers)
+    response = client.get(
+        "/aggregate",
+        json={
+            "measureName": "m",
+            "startDate": "2022-01-01",
+            "endDate": "2022-01-02",
+        },
+        headers=headers,
+    )
     assert response.status_code == 200
     return {str(row.get("group1")): (row["count"], row["sum"]) for row in response.get_json()}
 
@@ -69,8 +89,9 @@ def test_a_forbidden_token_learns_nothing_of_the_schema(client, pinned, auth_hea
 
 def test_bulk_with_one_forbidden_item_is_403_and_stores_nothing(client, pinned, auth_header, make_definition):
     make_definition("open", writers=["*"])
-    items = [{"measureName": "open", "value": 1, "startDate": "2022-01-01", "createdBy": "a",
-              "group1": {"g1": 1}}] * 3 + [VICTIM]
+    items = [
+        {"measureName": "open", "value": 1, "startDate": "2022-01-01", "createdBy": "a", "group1": {"g1": 1}}
+    ] * 3 + [VICTIM]
     response = post(client, auth_header("evil"), items, path="/measures")
     assert response.status_code == 403 and "index 3" in response.get_json()["error"]
     assert stored_count() == 0
@@ -114,14 +135,22 @@ def test_new_definitions_are_written_by_their_org_and_stored_grants_survive_a_re
     assert definition.writers == ["cozy"]
     upsert_definitions(validate_definitions([{"name": "new", "org": "cozy", "writers": ["*"]}]))
     # A file without the field (e.g. an older one) leaves the grant as stored.
-    assert upsert_definitions(validate_definitions([{"name": "new", "org": "cozy"}])) == [("new", "unchanged")]
+    assert upsert_definitions(validate_definitions([{"name": "new", "org": "cozy"}])) == [
+        ("new", "unchanged")
+    ]
     db.session.expire_all()
     assert db.session.get(MeasureDefinition, definition.id).writers == ["*"]
 
 
-@pytest.mark.parametrize("writers, message", [
-    ([], "non-empty list"), (["*", "cozy"], "goes alone"), ("cozy", "non-empty list"), (["a", "a"], "twice"),
-])
+@pytest.mark.parametrize(
+    "writers, message",
+    [
+        ([], "non-empty list"),
+        (["*", "cozy"], "goes alone"),
+        ("cozy", "non-empty list"),
+        (["a", "a"], "twice"),
+    ],
+)
 def test_malformed_writers_are_refused(app, writers, message):
     with pytest.raises(Exception, match=message):
         validate_definitions([{"name": "m", "org": "o", "writers": writers}])

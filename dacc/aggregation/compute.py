@@ -6,7 +6,7 @@ import dataclasses
 import json
 import logging
 import time
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 import sqlalchemy as sa
 from psycopg2 import errors as pg_errors
@@ -119,7 +119,7 @@ def compute_aggregation(definition: MeasureDefinition | str, *, force: bool = Fa
             # A definition change (e.g. new wildcard levels, with a rebuild pending)
             # committed before this run's snapshot: plan again from the new version.
             if attempt == RETRIES:
-                raise Conflict(f"measure {plan.name}: its definition keeps changing; run again")
+                raise Conflict(f"measure {plan.name}: its definition keeps changing; run again") from None
             db.session.expire_all()
             plan = _read_plan(plan.name)
         except DBAPIError as exc:
@@ -132,12 +132,18 @@ def compute_aggregation(definition: MeasureDefinition | str, *, force: bool = Fa
         return result
     if result.refused:
         log.warning(
-            "aggregation %s: %d raw measure(s) refused (%s)", plan.name, result.refused,
+            "aggregation %s: %d raw measure(s) refused (%s)",
+            plan.name,
+            result.refused,
             sql.REFUSED_REASON,
         )
     log.info(
         "aggregation %s: %d raw read, %d inserted, %d updated, %d refused in %.3f s",
-        plan.name, result.raw_read, result.inserted, result.updated, result.refused,
+        plan.name,
+        result.raw_read,
+        result.inserted,
+        result.updated,
+        result.refused,
         result.seconds,
     )
     forget_cached_reads()
@@ -191,10 +197,15 @@ def delete_aggregations_from_date(
                 raise Conflict(purged_loss_message(plan.name, params["aligned"], purged))
             conn.execute(sa.text(sql.SET_REBUILD), params)
     if purged:
-        log.warning("aggregation %s: %d aggregates holding purged measures deleted from %s;"
-                    " that data is lost", plan.name, purged, params["aligned"])
-    log.info("aggregation %s: %d aggregates deleted from %s, to be rebuilt",
-             plan.name, deleted, params["aligned"])
+        log.warning(
+            "aggregation %s: %d aggregates holding purged measures deleted from %s;" " that data is lost",
+            plan.name,
+            purged,
+            params["aligned"],
+        )
+    log.info(
+        "aggregation %s: %d aggregates deleted from %s, to be rebuilt", plan.name, deleted, params["aligned"]
+    )
     return params["aligned"], deleted
 
 
@@ -248,15 +259,15 @@ def compute_wildcard_aggregate(
             f" {plan.name}, kept up to date by compute-aggregation"
         )
     from_date = from_date or date(1970, 1, 1)
-    to_date = to_date or datetime.now(timezone.utc).date()
+    to_date = to_date or datetime.now(UTC).date()
     if from_date > to_date:
         raise BadRequest("from-date: must not be after to-date")
     started = time.monotonic()
     params = {
         "name": plan.name,
         "period": plan.period,
-        "from_ts": datetime.combine(from_date, datetime.min.time(), timezone.utc),
-        "to_ts": datetime.combine(to_date + timedelta(days=1), datetime.min.time(), timezone.utc),
+        "from_ts": datetime.combine(from_date, datetime.min.time(), UTC),
+        "to_ts": datetime.combine(to_date + timedelta(days=1), datetime.min.time(), UTC),
         **plan.stars,
     }
     level = ",".join(sorted(starred))
@@ -276,19 +287,26 @@ def compute_wildcard_aggregate(
                     " that were purged: recomputed, they would lose that data for good"
                     " (allow it explicitly: --allow-purged-loss)"
                 )
-            dates = conn.execute(
-                sa.text(sql.wildcard(starred, quartiles=plan.quartiles, top2=plan.top2)), params
-            ).scalars().all()
+            dates = (
+                conn.execute(sa.text(sql.wildcard(starred, quartiles=plan.quartiles, top2=plan.top2)), params)
+                .scalars()
+                .all()
+            )
             published = publish_measure(conn, plan.name)
     per_date: dict[datetime, int] = {}
     for start in sorted(dates):
         per_date[start] = per_date.get(start, 0) + 1
     result = WildcardResult(
-        plan.name, sorted(starred), per_date, time.monotonic() - started,
-        published=published.published, withheld=published.withheld,
+        plan.name,
+        sorted(starred),
+        per_date,
+        time.monotonic() - started,
+        published=published.published,
+        withheld=published.withheld,
     )
-    log.info("wildcard %s %s: %d earlier rows deleted, %d aggregates",
-             plan.name, level, deleted, result.count)
+    log.info(
+        "wildcard %s %s: %d earlier rows deleted, %d aggregates", plan.name, level, deleted, result.count
+    )
     forget_cached_reads()
     return result
 
@@ -368,7 +386,11 @@ def _merge(conn, plan: _Plan, result: AggregationResult, *, force: bool) -> None
             ).rowcount
     for starred in plan.levels:
         statement = sql.merge(
-            starred, rebuild=rebuild, quartiles=plan.quartiles, all_new=all_new, keyed=keyed,
+            starred,
+            rebuild=rebuild,
+            quartiles=plan.quartiles,
+            all_new=all_new,
+            keyed=keyed,
             top2=plan.top2,
         )
         row = conn.execute(sa.text(statement), params).one()
@@ -418,11 +440,11 @@ def _wildcard_level(plan: _Plan, groups, *, where: str) -> frozenset[str]:
     have = [g for g in sql.GROUPS if plan.stars[f"star_{g}"] is not None]
     for group in groups:
         if group not in sql.GROUPS:
-            raise BadRequest(f"{where}: unknown group {json.dumps(group)} (expected group1, group2 or group3)")
-        if group not in have:
             raise BadRequest(
-                f"{where}: {plan.name} has no {group} (it has: {', '.join(have) or 'no group'})"
+                f"{where}: unknown group {json.dumps(group)} (expected group1, group2 or group3)"
             )
+        if group not in have:
+            raise BadRequest(f"{where}: {plan.name} has no {group} (it has: {', '.join(have) or 'no group'})")
     if len(set(groups)) != len(groups):
         raise BadRequest(f"{where}: a group is named twice")
     return frozenset(groups)

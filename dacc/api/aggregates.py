@@ -1,6 +1,5 @@
 """Aggregate restitution: GET|POST /aggregate (DACC)."""
 
-
 from flask import Blueprint, current_app, request
 
 from dacc.api.body import parse_json, read_body

@@ -72,7 +72,9 @@ def parse_json_array(raw: bytes, *, max_items: int, what: str = "measures"):
         raw.count(b"{") + raw.count(b"[") > CONTAINERS_PER_ITEM * max_items + 1
         or raw.count(b",") > SEPARATORS_PER_ITEM * max_items
     ):
-        raise BadRequest(f"body: more structure than {max_items} {what} can hold; at most {max_items} per request")
+        raise BadRequest(
+            f"body: more structure than {max_items} {what} can hold; at most {max_items} per request"
+        )
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:

@@ -2,8 +2,8 @@
 
 from flask import Blueprint, current_app, jsonify, request
 
-from dacc.auth import current_token, require_scope
 from dacc.api.body import parse_json, parse_json_array, read_body
+from dacc.auth import current_token, require_scope
 from dacc.errors import DaccError, UnsupportedMediaType
 from dacc.ingestion import MAX_BATCH, record_measure, record_measures
 from dacc.logs import log_refused_measures, refused_measures

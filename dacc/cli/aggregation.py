@@ -38,8 +38,12 @@ def compute_all_aggregations_command(force):
 @click.command("compute-wildcard-aggregate")
 @click.argument("name")
 @click.argument("groups")
-@click.option("--from-date", type=click.DateTime(["%Y-%m-%d"]), help="First ingestion day (default 1970-01-01).")
-@click.option("--to-date", type=click.DateTime(["%Y-%m-%d"]), help="Last ingestion day, included (default today).")
+@click.option(
+    "--from-date", type=click.DateTime(["%Y-%m-%d"]), help="First ingestion day (default 1970-01-01)."
+)
+@click.option(
+    "--to-date", type=click.DateTime(["%Y-%m-%d"]), help="Last ingestion day, included (default today)."
+)
 @click.option(
     "--allow-purged-loss",
     is_flag=True,

@@ -75,9 +75,7 @@ def list_command():
 def remove_command(name, yes):
     """Delete definition NAME with its raw measures, refused measures and aggregates."""
     if not yes:
-        click.confirm(
-            f"Delete definition '{name}' with all its raw measures and aggregates?", abort=True
-        )
+        click.confirm(f"Delete definition '{name}' with all its raw measures and aggregates?", abort=True)
     counts = definitions.remove_definition(name)
     detail = ", ".join(f"{count} {label}" for label, count in counts.items())
     click.echo(f"removed definition {name}: {detail}")

@@ -23,8 +23,10 @@ def stop_command():
     """Stop it on purpose: nothing starts it again until `flask embedded start`."""
     data_dir = _data_dir()
     ran = stop_embedded(data_dir, current_app.config["SQLALCHEMY_DATABASE_URI"])
-    click.echo(f"embedded PostgreSQL in {data_dir}: {'stopped' if ran else 'was not running'};"
-               " servers answer 503 and will not restart it until `flask embedded start`")
+    click.echo(
+        f"embedded PostgreSQL in {data_dir}: {'stopped' if ran else 'was not running'};"
+        " servers answer 503 and will not restart it until `flask embedded start`"
+    )
 
 
 @embedded_group.command("start")

@@ -27,9 +27,7 @@ def run_command():
     except Conflict as exc:
         click.echo(f"{exc.message}: skipped", err=True)
         return
-    rows = [
-        (r.step, r.measure_name or "-", r.status, f"{r.seconds:.1f}", r.detail) for r in results
-    ]
+    rows = [(r.step, r.measure_name or "-", r.status, f"{r.seconds:.1f}", r.detail) for r in results]
     echo_table(("step", "measure", "status", "seconds", "detail"), rows)
     failed = [r for r in results if r.failed]
     click.echo(

@@ -7,9 +7,7 @@ from dacc import purge
 from dacc.cli.errors import cli_errors
 from dacc.cli.table import echo_table
 
-purge_group = AppGroup(
-    "purge", help="Delete raw measures ingested more than DAYS days ago, once aggregated."
-)
+purge_group = AppGroup("purge", help="Delete raw measures ingested more than DAYS days ago, once aggregated.")
 
 _DAYS_HELP = "Age limit in days (default: the definition's rawRetentionDays, else 90)."
 _BATCH_HELP = "Rows per delete transaction."
@@ -18,8 +16,9 @@ _BATCH_HELP = "Rows per delete transaction."
 @purge_group.command("measure")
 @click.argument("name")
 @click.option("-d", "--days", type=click.IntRange(min=1), help=_DAYS_HELP)
-@click.option("--batch-size", type=click.IntRange(min=1), default=purge.BATCH_SIZE,
-              show_default=True, help=_BATCH_HELP)
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=purge.BATCH_SIZE, show_default=True, help=_BATCH_HELP
+)
 @cli_errors
 def measure_command(name, days, batch_size):
     """Purge the raw measures of measure NAME.
@@ -27,19 +26,22 @@ def measure_command(name, days, batch_size):
     Deletes nothing, and exits 1, when a raw measure past the cut-off is not
     aggregated yet.
     """
-    result = purge.purge_raw_measures(name, days=days, batch_size=batch_size,
-                                      on_batch=_progress(batch_size))
+    result = purge.purge_raw_measures(name, days=days, batch_size=batch_size, on_batch=_progress(batch_size))
     _echo_summary([result])
     if not result.ok:
         raise click.ClickException(f"measure '{name}': {result.status}")
 
 
 @purge_group.command("all-measures")
-@click.option("-d", "--days", type=click.IntRange(min=1),
-              help="Age limit in days for every measure (default: each definition's"
-                   " rawRetentionDays, else 90).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=purge.BATCH_SIZE,
-              show_default=True, help=_BATCH_HELP)
+@click.option(
+    "-d",
+    "--days",
+    type=click.IntRange(min=1),
+    help="Age limit in days for every measure (default: each definition's" " rawRetentionDays, else 90).",
+)
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=purge.BATCH_SIZE, show_default=True, help=_BATCH_HELP
+)
 @cli_errors
 def all_measures_command(days, batch_size):
     """Purge the raw measures of every measure.
@@ -47,8 +49,7 @@ def all_measures_command(days, batch_size):
     A measure with raw measures past its cut-off that are not aggregated yet is left
     whole and reported; the others are purged. Exits 1 only if a purge failed.
     """
-    results = purge.purge_all_measures(days=days, batch_size=batch_size,
-                                       on_batch=_progress(batch_size))
+    results = purge.purge_all_measures(days=days, batch_size=batch_size, on_batch=_progress(batch_size))
     _echo_summary(results)
     failed = [r.measure_name for r in results if r.error]
     if failed:

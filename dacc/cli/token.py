@@ -21,7 +21,9 @@ token_group = AppGroup("token", help="Manage API tokens (secrets are shown once)
     help="Repeat for several; default: measure:write and aggregate:read.",
 )
 @click.option("--expires-in", type=click.IntRange(min=1), metavar="DAYS", help="Lifetime in days.")
-@click.option("--app", metavar="SLUG", help="Bind the token to one app: its measures must carry createdBy SLUG.")
+@click.option(
+    "--app", metavar="SLUG", help="Bind the token to one app: its measures must carry createdBy SLUG."
+)
 @cli_errors
 def create_command(org, label, scopes, expires_in, app):
     """Create a token for ORG and print its secret (last line, shown once)."""

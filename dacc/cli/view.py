@@ -6,9 +6,7 @@ from flask.cli import AppGroup
 from dacc import publication
 from dacc.cli.errors import cli_errors
 
-view_group = AppGroup(
-    "view", help="Publish aggregates to the ledger that /aggregate serves (and its view)."
-)
+view_group = AppGroup("view", help="Publish aggregates to the ledger that /aggregate serves (and its view).")
 
 
 @view_group.command("create-filtered-aggregation")

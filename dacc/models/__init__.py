@@ -3,8 +3,8 @@
 from dacc.models.aggregates import Aggregate, AggregationState
 from dacc.models.contributors import CellContributor, ContributorQuota
 from dacc.models.definitions import MeasureDefinition
-from dacc.models.messages import RejectedMessage
 from dacc.models.measures import MeasureKey, RawMeasure, RefusedRawMeasure
+from dacc.models.messages import RejectedMessage
 from dacc.models.publication import (
     PublicationLeaf,
     PublicationPiece,

@@ -69,9 +69,7 @@ class Aggregate(db.Model):
     """The second largest value (a tie counts twice), kept exactly when the definition
     has a dominance rule (pPercent); None for a single value, and for every cell of a
     definition without the rule. Never served."""
-    last_updated: Mapped[datetime] = mapped_column(
-        sa.DateTime(timezone=True), server_default=sa.func.now()
-    )
+    last_updated: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=sa.func.now())
     last_raw_measures_purged: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
 
 

@@ -22,12 +22,8 @@ KEY_LENGTH = 100
 class MeasureDefinition(db.Model):
     __tablename__ = "measure_definition"
     __table_args__ = (
-        sa.CheckConstraint(
-            "aggregation_period IN ('day', 'week', 'month')", name="aggregation_period"
-        ),
-        sa.CheckConstraint(
-            "execution_frequency IN ('day', 'week', 'month')", name="execution_frequency"
-        ),
+        sa.CheckConstraint("aggregation_period IN ('day', 'week', 'month')", name="aggregation_period"),
+        sa.CheckConstraint("execution_frequency IN ('day', 'week', 'month')", name="execution_frequency"),
         sa.CheckConstraint("aggregation_threshold >= 1", name="aggregation_threshold"),
         sa.CheckConstraint("max_days_to_update_quartile >= 0", name="max_days_quartile"),
         sa.CheckConstraint("raw_retention_days IS NULL OR raw_retention_days >= 1", name="retention"),

@@ -49,9 +49,7 @@ class RawMeasure(db.Model):
     group1: Mapped[dict | None] = mapped_column(JSONB(none_as_null=True))
     group2: Mapped[dict | None] = mapped_column(JSONB(none_as_null=True))
     group3: Mapped[dict | None] = mapped_column(JSONB(none_as_null=True))
-    last_updated: Mapped[datetime] = mapped_column(
-        sa.DateTime(timezone=True), server_default=sa.func.now()
-    )
+    last_updated: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=sa.func.now())
     txid: Mapped[int] = mapped_column(sa.BigInteger, server_default=CURRENT_XID)
     contributor: Mapped[bytes | None] = mapped_column(sa.LargeBinary(32))
     """HMAC-SHA256 of the writer's org and the client's pseudonym (dacc.contributors);
@@ -74,9 +72,7 @@ class RefusedRawMeasure(db.Model):
     group3: Mapped[dict | None] = mapped_column(JSONB(none_as_null=True))
     last_updated: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
     contributor: Mapped[bytes | None] = mapped_column(sa.LargeBinary(32))
-    refused_at: Mapped[datetime] = mapped_column(
-        sa.DateTime(timezone=True), server_default=sa.func.now()
-    )
+    refused_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=sa.func.now())
     reason: Mapped[str] = mapped_column(sa.Text)
 
 
@@ -94,6 +90,4 @@ class MeasureKey(db.Model):
     org: Mapped[str] = mapped_column(sa.String(KEY_LENGTH), primary_key=True, server_default="")
     """The writer's org ("" for a caller without one, e.g. an admin import)."""
     measure_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
-    created_at: Mapped[datetime] = mapped_column(
-        sa.DateTime(timezone=True), server_default=sa.func.now()
-    )
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=sa.func.now())

@@ -66,8 +66,11 @@ class PublishedVersion(CellKey, db.Model):
     __tablename__ = "published_version"
     __table_args__ = (
         sa.Index(
-            "uq_published_version_cell_version", *CELL_KEY, "version",
-            unique=True, postgresql_nulls_not_distinct=True,
+            "uq_published_version_cell_version",
+            *CELL_KEY,
+            "version",
+            unique=True,
+            postgresql_nulls_not_distinct=True,
         ),
     )
 
@@ -98,8 +101,11 @@ class PublicationPiece(CellKey, db.Model):
     __tablename__ = "publication_piece"
     __table_args__ = (
         sa.Index(
-            "uq_publication_piece_cell_epoch", *CELL_KEY, "epoch",
-            unique=True, postgresql_nulls_not_distinct=True,
+            "uq_publication_piece_cell_epoch",
+            *CELL_KEY,
+            "epoch",
+            unique=True,
+            postgresql_nulls_not_distinct=True,
         ),
     )
 

@@ -24,9 +24,7 @@ class ApiToken(db.Model):
     """First characters of the secret, to recognise it in listings."""
     app: Mapped[str | None] = mapped_column(sa.String(KEY_LENGTH))
     """When set, the token may only send measures whose createdBy is this app."""
-    created_at: Mapped[datetime] = mapped_column(
-        sa.DateTime(timezone=True), server_default=sa.func.now()
-    )
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=sa.func.now())
     expires_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     last_used_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))

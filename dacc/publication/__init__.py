@@ -126,8 +126,10 @@ class Disclosure:
 def check_privacy(name: str | None = None, *, day: datetime | None = None) -> list[Disclosure]:
     """Audit everything served (one measure, or all; one start day, or all): every set
     of 1..k-1 contributions whose total the served versions give away. Reads only."""
-    names = [name] if name else list(
-        db.session.scalars(sa.text("SELECT name FROM measure_definition ORDER BY name"))
+    names = (
+        [name]
+        if name
+        else list(db.session.scalars(sa.text("SELECT name FROM measure_definition ORDER BY name")))
     )
     found = []
     with db.engine.connect() as conn:
@@ -155,9 +157,7 @@ def _disclosures(measure, start, app, hierarchy, k) -> list[Disclosure]:
     findings = list({f.pieces: f for f in counts.findings() + sums.findings()}.values())
     if not findings:
         return []
-    vectors = np.array(
-        [space.vector((v.g1, v.g2, v.g3), v.epoch) for v in hierarchy.versions], dtype=float
-    )
+    vectors = np.array([space.vector((v.g1, v.g2, v.g3), v.epoch) for v in hierarchy.versions], dtype=float)
     out = []
     for finding in findings:
         target = np.zeros(len(space.piece_counts))
@@ -165,7 +165,8 @@ def _disclosures(measure, start, app, hierarchy, k) -> list[Disclosure]:
         weights, *_ = np.linalg.lstsq(vectors.T, target, rcond=None)
         rows = [
             f"{w:+.3g} x {_describe(v.g1, v.g2, v.g3)} v{v.version}"
-            for w, v in zip(weights, hierarchy.versions) if abs(w) > 1e-9
+            for w, v in zip(weights, hierarchy.versions)
+            if abs(w) > 1e-9
         ]
         pieces = [
             f"{_describe(p.g1, p.g2, p.g3)} epoch {p.epoch} ({p.count})"

@@ -153,9 +153,7 @@ class Audit:
             return Finding(frozenset(), 0)  # undecided: treated as a violation
         return None
 
-    def _search(
-        self, roots, *, canonical: bool, stop_at_first: bool, accept=None
-    ) -> list[Finding]:
+    def _search(self, roots, *, canonical: bool, stop_at_first: bool, accept=None) -> list[Finding]:
         """Sets of W rows holding one of `roots` whose sum is a small 0/1 vector.
 
         Depth first, within SEARCH_BUDGET states. While the partial sum has an entry
@@ -169,7 +167,7 @@ class Audit:
         roots = [index[r] for r in roots if r in index]
         if not roots:
             return []
-        rows = self.basis[w_rows][:, self.n_big:]
+        rows = self.basis[w_rows][:, self.n_big :]
         pivot_counts = self.counts[[self.pivots[r] for r in w_rows]]
         support = rows != 0
         columns: dict[int, np.ndarray] = {}
@@ -181,7 +179,7 @@ class Audit:
                 found = columns[c] = np.flatnonzero(support[:, c])
             return found
 
-        small_counts = self.counts[self.n_big:]
+        small_counts = self.counts[self.n_big :]
         is_pivot = np.zeros(rows.shape[1], dtype=bool)
         is_pivot[[self.pivots[r] - self.n_big for r in w_rows]] = True
         limit = self.k - 1
@@ -205,7 +203,7 @@ class Audit:
                     if 1 <= contributions <= limit:
                         pieces = frozenset(int(i) + self.n_big for i in np.flatnonzero(total))
                         full = np.zeros(len(self.counts), dtype=np.int64)
-                        full[self.n_big:] = total
+                        full[self.n_big :] = total
                         if pieces not in self.exempt and (accept is None or accept(full)):
                             results.append(Finding(self._original(pieces), contributions))
                             if stop_at_first:

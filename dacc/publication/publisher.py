@@ -91,7 +91,10 @@ def publish_measure(conn, name: str, *, full: bool = False) -> PublicationResult
     conn.execute(sa.text(sql.SAVE_STATE), params)
     log.debug(
         "publication %s: %d hierarchies, %d published, %d withheld",
-        name, result.hierarchies, result.published, result.withheld,
+        name,
+        result.hierarchies,
+        result.published,
+        result.withheld,
     )
     return result
 
@@ -175,9 +178,7 @@ class PieceSpace:
         return int(self.leaf_counts @ covered) == count and not (self.frozen & covered).any()
 
 
-def served_audits(
-    space: PieceSpace, hierarchy: Hierarchy, k: int, *, dominated=None
-) -> tuple[Audit, Audit]:
+def served_audits(space: PieceSpace, hierarchy: Hierarchy, k: int, *, dominated=None) -> tuple[Audit, Audit]:
     """Audits holding every version ever served in the hierarchy: one for counts (every
     served row), one for sums (rows that served their sum). In the sums' audit, the
     pieces of a dominated cell (boolean mask over leaves) weigh 1, as if it were a cell
@@ -186,7 +187,8 @@ def served_audits(
     # A served set of fewer than k contributions (served before k was raised) is no
     # finding: it was already public.
     exempt = [
-        np.flatnonzero(v) for v in vectors
+        np.flatnonzero(v)
+        for v in vectors
         if v.any() and int(space.piece_counts @ v) < k and (space.piece_counts[v] < k).all()
     ]
     counts = Audit(space.piece_counts, k, exempt=exempt)

@@ -94,15 +94,21 @@ SCOPE_JOIN = """JOIN unnest(CAST(:starts AS timestamp[]), CAST(:apps AS text[]))
 condition beside measure_name (the planner cannot see through unnest): the statement
 reads the days in scope, not the measure's history."""
 
+
 def same_cell(left: str, right: str) -> str:
     """Join condition: the same cell. Absent groups are NULL; coalesced to JSON null
     (never a stored group, which is an object) the test is an equality, which lets
     PostgreSQL hash-join a day's cells instead of comparing every pair."""
     return " AND ".join(
-        [f"{left}.measure_name = :name", f"{left}.start_date = {right}.start_date",
-         f"{left}.created_by = {right}.created_by"]
-        + [f"coalesce({left}.group{i}, 'null'::jsonb) = coalesce({right}.group{i}, 'null'::jsonb)"
-           for i in (1, 2, 3)]
+        [
+            f"{left}.measure_name = :name",
+            f"{left}.start_date = {right}.start_date",
+            f"{left}.created_by = {right}.created_by",
+        ]
+        + [
+            f"coalesce({left}.group{i}, 'null'::jsonb) = coalesce({right}.group{i}, 'null'::jsonb)"
+            for i in (1, 2, 3)
+        ]
     )
 
 

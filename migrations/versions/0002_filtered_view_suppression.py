@@ -10,11 +10,12 @@ at some level hold 1..k-1 contributions), decided level by level in one statemen
 also stores each row's served JSON (`body`) and its order within a date (`sort_key`),
 so that /aggregate concatenates stored text.
 """
+
 from alembic import op
 
 # revision identifiers, used by Alembic.
-revision = '0002'
-down_revision = '0001'
+revision = "0002"
+down_revision = "0001"
 branch_labels = None
 depends_on = None
 

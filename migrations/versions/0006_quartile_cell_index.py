@@ -9,11 +9,12 @@ quartiles from all of the cell's raw rows. ix_raw_measure_name_start_date narrow
 to the cell's period only (every group's rows of the day); this index narrows it to the
 cell itself: (measure_name, hash of created_by and the groups, start_date).
 """
+
 from alembic import op
 
 # revision identifiers, used by Alembic.
-revision = '0006_quartile_cell_index'
-down_revision = '0008_operations'
+revision = "0006_quartile_cell_index"
+down_revision = "0008_operations"
 branch_labels = None
 depends_on = None
 

@@ -12,8 +12,16 @@ from dacc.db import db
 
 GROUPS = ("group1", "group2", "group3")
 STATS = (
-    "count", "count_not_zero", "sum", "min", "max", "avg", "std",
-    "median", "first_quartile", "third_quartile",
+    "count",
+    "count_not_zero",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "std",
+    "median",
+    "first_quartile",
+    "third_quartile",
 )
 
 
@@ -42,26 +50,23 @@ def insert_raw(name: str, rows) -> None:
 def expected_cells(definition, starred=frozenset()) -> dict:
     """Cells of one level recomputed from ALL raw rows with PostgreSQL's own aggregates."""
     keys = {"group1": definition.group1_key, "group2": definition.group2_key, "group3": definition.group3_key}
-    exprs = {
-        g: (f"CAST(:star_{g} AS jsonb)" if g in starred else g) for g in GROUPS
-    }
+    exprs = {g: (f"CAST(:star_{g} AS jsonb)" if g in starred else g) for g in GROUPS}
     quartiles = (
         "percentile_cont(0.5) WITHIN GROUP (ORDER BY value),"
         " percentile_cont(0.25) WITHIN GROUP (ORDER BY value),"
         " percentile_cont(0.75) WITHIN GROUP (ORDER BY value)"
-        if definition.with_quartiles else "NULL, NULL, NULL"
+        if definition.with_quartiles
+        else "NULL, NULL, NULL"
     )
     rows = db.session.execute(
-        sa.text(
-            f"""
+        sa.text(f"""
             SELECT date_trunc(:period, start_date), created_by,
                    {exprs['group1']}, {exprs['group2']}, {exprs['group3']},
                    count(*), count(*) FILTER (WHERE value <> 0), sum(value), min(value), max(value),
                    avg(value)::float8, coalesce(stddev_samp(value), 0)::float8, {quartiles}
             FROM raw_measure WHERE measure_name = :name
             GROUP BY 1, 2, 3, 4, 5
-            """
-        ),
+            """),
         {
             "name": definition.name,
             "period": definition.aggregation_period,
@@ -75,7 +80,8 @@ def aggregate_cells(name: str, starred_keys: dict | None = None) -> dict:
     """Aggregate rows of a measure; with `starred_keys` ({group: key}) only that level's."""
     rows = db.session.execute(
         sa.text(
-            "SELECT start_date, created_by, group1, group2, group3, " + ", ".join(STATS)
+            "SELECT start_date, created_by, group1, group2, group3, "
+            + ", ".join(STATS)
             + " FROM aggregate WHERE measure_name = :name"
         ),
         {"name": name},

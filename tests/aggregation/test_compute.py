@@ -66,7 +66,9 @@ def test_second_run_is_skipped_until_the_frequency_elapses(app, make_definition)
     assert "execution frequency 'week' not elapsed" in skipped.skipped
     assert skipped.raw_read == 0
     # Six days and 23 hours later the weekly run is due (an hour of slack for cron jitter).
-    db.session.execute(sa.text("UPDATE aggregation_state SET last_run_at = now() - interval '6 days 23 hours'"))
+    db.session.execute(
+        sa.text("UPDATE aggregation_state SET last_run_at = now() - interval '6 days 23 hours'")
+    )
     db.session.commit()
     assert compute_aggregation("m").raw_read == 1
 
@@ -137,7 +139,9 @@ def test_delete_aggregations_from_date_then_run_rebuilds_exactly(app, make_defin
     result = compute_aggregation("m")  # due at once despite the daily frequency
     assert result.raw_read == 3 + 4 + 5
     assert_cells_equal(aggregate_cells("m", {}), expected_cells(definition))
-    assert_cells_equal(aggregate_cells("m", {"group1": "g1"}), expected_cells(definition, frozenset({"group1"})))
+    assert_cells_equal(
+        aggregate_cells("m", {"group1": "g1"}), expected_cells(definition, frozenset({"group1"}))
+    )
     assert _scalar("SELECT rebuild_from FROM aggregation_state") is None
 
 
@@ -145,20 +149,26 @@ def test_delete_aggregations_from_date_then_run_rebuilds_exactly(app, make_defin
 def test_rebuild_with_quartiles_is_exact_whether_or_not_cells_remain(app, make_definition, from_week):
     """From the first week no cell is left, and the rebuild takes the quartiles from its
     GROUP BY; from a later week the kept cell that gets new rows re-reads all of them."""
-    definition = make_definition("m", aggregation_period="week", with_quartiles=True, wildcard_groups=[["group1"]])
+    definition = make_definition(
+        "m", aggregation_period="week", with_quartiles=True, wildcard_groups=[["group1"]]
+    )
     weeks = [DAY + timedelta(weeks=i, days=i % 3) for i in range(4)]
 
     def spread(day, group, values):
         return [(Decimal(v), day, "app", {"g1": group}, None, None) for v in values]
 
-    insert_raw("m", [r for i, d in enumerate(weeks) for r in spread(d, "xy"[i % 2], ["1.5", "4", f"{i}.25", "-2"])])
+    insert_raw(
+        "m", [r for i, d in enumerate(weeks) for r in spread(d, "xy"[i % 2], ["1.5", "4", f"{i}.25", "-2"])]
+    )
     compute_aggregation("m", force=True)
     insert_raw("m", spread(weeks[0], "x", ["-7.5", "30"]) + spread(weeks[3], "y", ["9.75"]))
     delete_aggregations_from_date("m", weeks[from_week].date())
     compute_aggregation("m")
 
     assert_cells_equal(aggregate_cells("m", {}), expected_cells(definition))
-    assert_cells_equal(aggregate_cells("m", {"group1": "g1"}), expected_cells(definition, frozenset({"group1"})))
+    assert_cells_equal(
+        aggregate_cells("m", {"group1": "g1"}), expected_cells(definition, frozenset({"group1"}))
+    )
     medians = {k[0]: c["median"] for k, c in aggregate_cells("m", {}).items()}
     assert medians[DAY] == pytest.approx(0.875)  # -7.5, -2, 0.25 | 1.5, 4, 30
 
@@ -191,7 +201,9 @@ def test_delete_aggregations_from_date_refuses_to_lose_purged_cells(app, make_de
     db.session.execute(sa.text("DELETE FROM raw_measure"))  # the purge itself
     db.session.commit()
     insert_raw("m", _rows(1, "10.00"))
-    with pytest.raises(Conflict, match=r"1 aggregate\(s\) of m from 2024-03-04 on hold raw measures that were purged"):
+    with pytest.raises(
+        Conflict, match=r"1 aggregate\(s\) of m from 2024-03-04 on hold raw measures that were purged"
+    ):
         delete_aggregations_from_date("m", DAY.date())
     assert _cell_totals() == [(5, Decimal("15.00"), True)]
     assert _scalar("SELECT rebuild_from FROM aggregation_state") is None
@@ -219,7 +231,7 @@ def _purge_cell(day, group):
     db.session.execute(
         sa.text(
             "UPDATE aggregate SET last_raw_measures_purged = now()"
-            " WHERE start_date = :d AND (group1 = CAST(:g AS jsonb) OR group1 = '{\"g1\": \"*\"}')"
+            ' WHERE start_date = :d AND (group1 = CAST(:g AS jsonb) OR group1 = \'{"g1": "*"}\')'
         ),
         {"d": day, "g": f'{{"g1": "{group}"}}'},
     )
@@ -241,9 +253,7 @@ def test_quartile_cell_after_purge_refuses_its_new_measures(app, make_definition
     assert after[purged_key] == before[purged_key]
     other_key = next(k for k in after if k[0] == other_day)
     assert (after[other_key]["count"], after[other_key]["median"]) == (4, 1.0)
-    refused = db.session.execute(
-        sa.text("SELECT value, start_date, reason FROM refused_raw_measure")
-    ).all()
+    refused = db.session.execute(sa.text("SELECT value, start_date, reason FROM refused_raw_measure")).all()
     assert [(r.value, r.start_date) for r in refused] == [(Decimal("7.00"), DAY)] * 2
     assert "purged" in refused[0].reason
     assert _scalar("SELECT count(*) FROM raw_measure WHERE value = 7") == 0
@@ -254,7 +264,9 @@ def test_purged_wildcard_cell_refuses_the_new_measures_of_all_its_levels(app, ma
     make_definition("m", with_quartiles=True, wildcard_groups=[["group1"]])
     insert_raw("m", _rows(2, "1.00", group="x") + _rows(2, "3.00", group="y"))
     compute_aggregation("m", force=True)
-    db.session.execute(sa.text("UPDATE aggregate SET last_raw_measures_purged = now() WHERE group1 = '{\"g1\": \"*\"}'"))
+    db.session.execute(
+        sa.text('UPDATE aggregate SET last_raw_measures_purged = now() WHERE group1 = \'{"g1": "*"}\'')
+    )
     db.session.commit()
     before = aggregate_cells("m")
     insert_raw("m", _rows(1, "5.00", group="y"))
@@ -289,7 +301,7 @@ def test_single_value_cell_has_zero_std_and_its_value_as_quartiles(app, make_def
 @pytest.mark.parametrize(
     "levels, message",
     [
-        ([["group4"]], "unknown group \"group4\""),
+        ([["group4"]], 'unknown group "group4"'),
         ([["group2"]], "m has no group2"),
         ([[]], "expected a non-empty list"),
         ("group1", "must be a list"),

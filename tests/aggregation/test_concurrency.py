@@ -63,8 +63,20 @@ def server(app, async_commit, tmp_path):
     env.pop("DACC_CONFIG", None)
     process = subprocess.Popen(
         [
-            sys.executable, "-m", "gunicorn", "--bind", "127.0.0.1:0", "--workers", "2",
-            "--worker-class", "gthread", "--threads", "4", "--keep-alive", "30", "dacc:create_app()",
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--bind",
+            "127.0.0.1:0",
+            "--workers",
+            "2",
+            "--worker-class",
+            "gthread",
+            "--threads",
+            "4",
+            "--keep-alive",
+            "30",
+            "dacc:create_app()",
         ],
         cwd=tmp_path,
         env=env,
@@ -121,8 +133,14 @@ def test_measures_posted_during_repeated_runs_are_each_counted_once(
     for _ in range(MEASURES):
         day, g1, g2 = rnd.choice(DAYS), rnd.choice("abcd"), rnd.choice("xy")
         value = f"{rnd.randint(-1000, 100000) / 100:.2f}"
-        body = {"measureName": "load", "value": value, "startDate": day, "createdBy": "app",
-                "group1": {"g1": g1}, "group2": {"g2": g2}}
+        body = {
+            "measureName": "load",
+            "value": value,
+            "startDate": day,
+            "createdBy": "app",
+            "group1": {"g1": g1},
+            "group2": {"g2": g2},
+        }
         measures.append((body, (day, g1, g2)))
 
     stop = tmp_path / "stop"

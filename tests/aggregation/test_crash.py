@@ -61,9 +61,7 @@ def _batch(seed: int, n: int):
 
 @pytest.mark.parametrize("where", sorted(LOCKS))
 def test_run_killed_mid_transaction_leaves_nothing_and_the_next_run_is_exact(app, make_definition, where):
-    definition = make_definition(
-        "m", group2_key="g2", with_quartiles=True, wildcard_groups=[["group2"]]
-    )
+    definition = make_definition("m", group2_key="g2", with_quartiles=True, wildcard_groups=[["group2"]])
     insert_raw("m", _batch(1, 3000))
     compute_aggregation("m", force=True)
     before = aggregate_cells("m")
@@ -83,7 +81,7 @@ def test_run_killed_mid_transaction_leaves_nothing_and_the_next_run_is_exact(app
             backend = blocked_pid(holder)
         except AssertionError:
             run.kill()
-            raise AssertionError(run.communicate()[1].decode()[-3000:])
+            raise AssertionError(run.communicate()[1].decode()[-3000:]) from None
         os.kill(run.pid, signal.SIGKILL)
         assert run.wait(10) == -signal.SIGKILL
     finally:
@@ -100,7 +98,9 @@ def test_run_killed_mid_transaction_leaves_nothing_and_the_next_run_is_exact(app
     result = compute_aggregation("m", force=True)
     assert result.raw_read == 6000
     assert_cells_equal(aggregate_cells("m", {}), expected_cells(definition))
-    assert_cells_equal(aggregate_cells("m", {"group2": "g2"}), expected_cells(definition, frozenset({"group2"})))
+    assert_cells_equal(
+        aggregate_cells("m", {"group2": "g2"}), expected_cells(definition, frozenset({"group2"}))
+    )
 
 
 def test_a_killed_run_releases_its_lock_within_seconds_and_a_rerun_proceeds(app, make_definition):

@@ -15,7 +15,7 @@ def _value(rnd: random.Random) -> Decimal:
     if kind < 0.15:
         return Decimal("0.00")
     if kind < 0.2:
-        return Decimal(rnd.randint(-10**13, 10**13)) / 100  # large, both signs
+        return Decimal(rnd.randint(-(10**13), 10**13)) / 100  # large, both signs
     return Decimal(rnd.randint(-5000, 20000)) / 100
 
 
@@ -43,8 +43,12 @@ def _rows(rnd: random.Random, definition, n: int):
 def definitions(make_definition):
     return [
         make_definition(
-            "energy", group1_key="heating", group2_key="size", group3_key="region",
-            with_quartiles=True, wildcard_groups=[["group2"], ["group1", "group3"]],
+            "energy",
+            group1_key="heating",
+            group2_key="size",
+            group3_key="region",
+            with_quartiles=True,
+            wildcard_groups=[["group2"], ["group1", "group3"]],
         ),
         make_definition("water", group1_key="kind", aggregation_period="week", wildcard_groups=[["group1"]]),
         make_definition("steps", group1_key=None, aggregation_period="month", with_quartiles=True),
@@ -58,7 +62,7 @@ def test_incremental_runs_equal_one_group_by_over_all_raw_rows(app, definitions,
     for part in range(runs):
         for d in definitions:
             rows = batches[d.name]
-            insert_raw(d.name, rows[part * len(rows) // runs:(part + 1) * len(rows) // runs])
+            insert_raw(d.name, rows[part * len(rows) // runs : (part + 1) * len(rows) // runs])
         for d in definitions:
             compute_aggregation(d.name, force=True)
 
@@ -78,8 +82,13 @@ def test_a_run_counts_raw_read_inserted_and_updated(app, make_definition):
     insert_raw("m", [(Decimal("1.5"), day, "app", {"g1": "x"}, None, None)] * 3)
     first = compute_aggregation("m", force=True)
     assert (first.raw_read, first.inserted, first.updated, first.refused) == (3, 2, 0, 0)
-    insert_raw("m", [(Decimal("2"), day, "app", {"g1": "x"}, None, None),
-                     (Decimal("2"), day, "app", {"g1": "y"}, None, None)])
+    insert_raw(
+        "m",
+        [
+            (Decimal("2"), day, "app", {"g1": "x"}, None, None),
+            (Decimal("2"), day, "app", {"g1": "y"}, None, None),
+        ],
+    )
     second = compute_aggregation("m", force=True)
     # x merged, y inserted; the wildcard cell {"g1": "*"} merged.
     assert (second.raw_read, second.inserted, second.updated) == (2, 1, 2)

@@ -19,14 +19,16 @@ def _rows(rnd: random.Random, n: int, days: int = 3):
     """n rows over a few days, two apps and groups, NULL groups included."""
     rows = []
     for _ in range(n):
-        rows.append((
-            Decimal(rnd.randint(-2000, 9000)) / 100,
-            DAY + timedelta(days=rnd.randrange(days), hours=rnd.choice([0, 7])),
-            rnd.choice(["app1", "app2"]),
-            rnd.choice([{"g1": "a"}, {"g1": "b"}, {"g1": 3}]),
-            rnd.choice([{"g2": "s"}, {"g2": "l"}, None]),
-            None,
-        ))
+        rows.append(
+            (
+                Decimal(rnd.randint(-2000, 9000)) / 100,
+                DAY + timedelta(days=rnd.randrange(days), hours=rnd.choice([0, 7])),
+                rnd.choice(["app1", "app2"]),
+                rnd.choice([{"g1": "a"}, {"g1": "b"}, {"g1": 3}]),
+                rnd.choice([{"g2": "s"}, {"g2": "l"}, None]),
+                None,
+            )
+        )
     return rows
 
 
@@ -75,11 +77,21 @@ def test_a_hash_collision_takes_the_exact_scan(app, make_definition, monkeypatch
 def test_a_cell_with_one_group_null_is_not_mixed_with_its_neighbours(app, make_definition):
     """A NULL group matches NULL only: the cells (a, NULL) and (a, "s") keep their own quartiles."""
     make_definition("m", group2_key="g2", with_quartiles=True)
-    insert_raw("m", [(Decimal("1"), DAY, "app", {"g1": "a"}, None, None),
-                     (Decimal("100"), DAY, "app", {"g1": "a"}, {"g2": "s"}, None)])
+    insert_raw(
+        "m",
+        [
+            (Decimal("1"), DAY, "app", {"g1": "a"}, None, None),
+            (Decimal("100"), DAY, "app", {"g1": "a"}, {"g2": "s"}, None),
+        ],
+    )
     compute_aggregation("m", force=True)
-    insert_raw("m", [(Decimal("3"), DAY, "app", {"g1": "a"}, None, None),
-                     (Decimal("300"), DAY, "app", {"g1": "a"}, {"g2": "s"}, None)])
+    insert_raw(
+        "m",
+        [
+            (Decimal("3"), DAY, "app", {"g1": "a"}, None, None),
+            (Decimal("300"), DAY, "app", {"g1": "a"}, {"g2": "s"}, None),
+        ],
+    )
     compute_aggregation("m", force=True)
     medians = {key[3]: cell["median"] for key, cell in aggregate_cells("m").items()}
     assert medians == {None: 2.0, json.dumps({"g2": "s"}): 200.0}
@@ -91,8 +103,16 @@ def test_the_merge_reads_quartile_cells_through_the_migrated_cell_index(app, mak
     insert_raw("m", [(Decimal("1"), DAY, "app", {"g1": "a"}, None, None)])
     statement = sql.merge(frozenset(), rebuild=False, quartiles=True)
     params = {
-        "name": "m", "period": "day", "step": "1 day", "xmin": 0, "xmax": 0, "xip": [],
-        "rebuild_from": None, "star_group1": None, "star_group2": None, "star_group3": None,
+        "name": "m",
+        "period": "day",
+        "step": "1 day",
+        "xmin": 0,
+        "xmax": 0,
+        "xip": [],
+        "rebuild_from": None,
+        "star_group1": None,
+        "star_group2": None,
+        "star_group3": None,
     }
     db.session.execute(sa.text("SET LOCAL enable_seqscan = off"))
     db.session.execute(sa.text("SET LOCAL enable_bitmapscan = off"))

@@ -1,6 +1,6 @@
 """compute_wildcard_aggregate: one recomputed wildcard level over an ingestion-time window."""
 
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import psycopg2
@@ -26,7 +26,16 @@ def energy(make_definition):
     definition = make_definition("energy", group1_key="heating", group2_key="size", with_quartiles=True)
     rows = []
     for i, (heating, size) in enumerate([("gas", "s"), ("gas", "l"), ("oil", "s"), ("oil", "l")] * 3):
-        rows.append((Decimal(i * 3 - 7), DAY + timedelta(days=i % 2), "app", {"heating": heating}, {"size": size}, None))
+        rows.append(
+            (
+                Decimal(i * 3 - 7),
+                DAY + timedelta(days=i % 2),
+                "app",
+                {"heating": heating},
+                {"size": size},
+                None,
+            )
+        )
     insert_raw("energy", rows)
     return definition
 
@@ -57,7 +66,7 @@ def test_recomputing_replaces_the_earlier_rows(app, energy):
 def test_only_measures_ingested_in_the_window_count(app, energy):
     db.session.execute(
         sa.text("UPDATE raw_measure SET last_updated = :t WHERE value < 0"),
-        {"t": datetime(2024, 1, 10, 23, 59, tzinfo=timezone.utc)},
+        {"t": datetime(2024, 1, 10, 23, 59, tzinfo=UTC)},
     )
     db.session.commit()
     negatives = db.session.execute(sa.text("SELECT count(*) FROM raw_measure WHERE value < 0")).scalar()
@@ -125,7 +134,7 @@ def test_a_narrower_window_replaces_every_earlier_row_of_the_level(app, energy):
     others = [aggregate_cells("energy", level) for level in levels]
     db.session.execute(
         sa.text("UPDATE raw_measure SET last_updated = :t WHERE value < 0"),
-        {"t": datetime(2024, 1, 10, 12, tzinfo=timezone.utc)},
+        {"t": datetime(2024, 1, 10, 12, tzinfo=UTC)},
     )
     db.session.commit()
     result = compute_wildcard_aggregate(
@@ -153,7 +162,9 @@ def test_a_run_holding_the_measure_makes_it_a_conflict_and_changes_nothing(app, 
         with holder.cursor() as cur:
             cur.execute("SELECT pg_advisory_lock(hashtextextended('dacc.aggregate:' || 'energy', 0))")
         with pytest.raises(Conflict, match="another run holds measure energy"):
-            compute_wildcard_aggregate("energy", ["group2"], from_date=date(2030, 1, 1), to_date=date(2030, 1, 1))
+            compute_wildcard_aggregate(
+                "energy", ["group2"], from_date=date(2030, 1, 1), to_date=date(2030, 1, 1)
+            )
     finally:
         holder.close()
     assert aggregate_cells("energy") == before
@@ -161,10 +172,14 @@ def test_a_run_holding_the_measure_makes_it_a_conflict_and_changes_nothing(app, 
 
 def test_a_level_stamped_by_a_purge_is_recomputed_only_when_loss_is_allowed(app, energy):
     compute_wildcard_aggregate("energy", ["group2"])
-    db.session.execute(sa.text("UPDATE aggregate SET last_raw_measures_purged = now() WHERE start_date = :d"), {"d": DAY})
+    db.session.execute(
+        sa.text("UPDATE aggregate SET last_raw_measures_purged = now() WHERE start_date = :d"), {"d": DAY}
+    )
     db.session.commit()
     before = aggregate_cells("energy")
-    with pytest.raises(Conflict, match=r"2 wildcard aggregate\(s\) of energy \(group2\) hold raw measures that were purged"):
+    with pytest.raises(
+        Conflict, match=r"2 wildcard aggregate\(s\) of energy \(group2\) hold raw measures that were purged"
+    ):
         compute_wildcard_aggregate("energy", ["group2"])
     assert aggregate_cells("energy") == before
     assert compute_wildcard_aggregate("energy", ["group2"], allow_purged_loss=True).count == 4
@@ -187,7 +202,9 @@ def test_a_definition_changed_before_the_lock_is_planned_again(app, make_definit
             )
         )
     compute_aggregation(stale, force=True)
-    starred = db.session.execute(
-        sa.text("SELECT count FROM aggregate WHERE group1 = '{\"g1\": \"*\"}'")
-    ).scalars().all()
+    starred = (
+        db.session.execute(sa.text('SELECT count FROM aggregate WHERE group1 = \'{"g1": "*"}\''))
+        .scalars()
+        .all()
+    )
     assert starred == [1]

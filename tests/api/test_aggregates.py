@@ -10,9 +10,17 @@ from tests.restitution_helpers import define, put_aggregates
 
 QUERY = {"measureName": "m", "startDate": "2024-03-01", "endDate": "2024-04-01"}
 ROW = {
-    "measureName": "m", "startDate": "2024-03-01T00:00:00", "createdBy": "app",
-    "group1": {"a": "x"}, "count": 5, "countNotZero": 5, "sum": 10, "min": 2, "max": 2,
-    "avg": 2, "std": 0,
+    "measureName": "m",
+    "startDate": "2024-03-01T00:00:00",
+    "createdBy": "app",
+    "group1": {"a": "x"},
+    "count": 5,
+    "countNotZero": 5,
+    "sum": 10,
+    "min": 2,
+    "max": 2,
+    "avg": 2,
+    "std": 0,
 }
 
 
@@ -108,14 +116,20 @@ def test_the_cozy_client_default_call_reads_everything_up_to_now(client, make_de
     days = [datetime(2021, 1, 1) + timedelta(days=d) for d in (0, 400, 800, 1200)]
     for day in days:
         put_aggregates("m", {("x",): 1}, day=day)
-    body = {"measureName": "m", "startDate": "1970-01-01T00:00:00.000Z", "endDate": "2026-11-22T18:55:27.123Z"}
+    body = {
+        "measureName": "m",
+        "startDate": "1970-01-01T00:00:00.000Z",
+        "endDate": "2026-11-22T18:55:27.123Z",
+    }
     response = client.post("/aggregate", json=body, headers=auth_header("org", scopes=["aggregate:read"]))
     assert response.status_code == 200
     assert [r["startDate"] for r in response.get_json()] == [d.isoformat() for d in days]
 
 
 def test_an_empty_range_is_an_empty_list(client, owner):
-    response = client.post("/aggregate", json={**QUERY, "startDate": "2020-01-01", "endDate": "2020-02-01"}, headers=owner)
+    response = client.post(
+        "/aggregate", json={**QUERY, "startDate": "2020-01-01", "endDate": "2020-02-01"}, headers=owner
+    )
     assert (response.status_code, response.get_json()) == (200, [])
 
 
@@ -126,18 +140,45 @@ def test_an_empty_range_is_an_empty_list(client, owner):
         ("[1, 2]", "body: expected a JSON object"),
         ('"m"', "body: expected a JSON object"),
         ('{"startDate": "2024-03-01", "endDate": "2024-04-01"}', "measureName: required"),
-        ('{"measureName": 7, "startDate": "2024-03-01", "endDate": "2024-04-01"}', "measureName: expected a string"),
-        ('{"measureName": {"a": 1}, "startDate": "2024-03-01", "endDate": "2024-04-01"}', "measureName: expected a string"),
+        (
+            '{"measureName": 7, "startDate": "2024-03-01", "endDate": "2024-04-01"}',
+            "measureName: expected a string",
+        ),
+        (
+            '{"measureName": {"a": 1}, "startDate": "2024-03-01", "endDate": "2024-04-01"}',
+            "measureName: expected a string",
+        ),
         ('{"measureName": "m", "endDate": "2024-04-01"}', "startDate: required"),
         ('{"measureName": "m", "startDate": "2024-03-01"}', "endDate: required"),
-        ('{"measureName": "m", "startDate": "03/01/2024", "endDate": "2024-04-01"}', "startDate: expected an ISO 8601"),
+        (
+            '{"measureName": "m", "startDate": "03/01/2024", "endDate": "2024-04-01"}',
+            "startDate: expected an ISO 8601",
+        ),
         ('{"measureName": "m", "startDate": "2024-03-01", "endDate": null}', "endDate: required"),
-        ('{"measureName": "m", "startDate": "2024-03-01", "endDate": 1709251200}', "endDate: expected an ISO 8601"),
-        ('{"measureName": "m", "startDate": "2024-04-01", "endDate": "2024-04-01"}', "endDate: must be after startDate"),
-        ('{"measureName": "m", "startDate": "2024-04-02", "endDate": "2024-04-01"}', "endDate: must be after startDate"),
-        ('{"measureName": "m", "startDate": "2024-03-01", "endDate": "2024-04-01", "createdBy": 1}', "createdBy: expected a string"),
-        ('{"measureName": "nope", "startDate": "2024-03-01", "endDate": "2024-04-01"}', "No measure definition found for: nope"),
-        ('{"measureName": "m\\u0000", "startDate": "2024-03-01", "endDate": "2024-04-01"}', "measureName: must not hold NUL"),
+        (
+            '{"measureName": "m", "startDate": "2024-03-01", "endDate": 1709251200}',
+            "endDate: expected an ISO 8601",
+        ),
+        (
+            '{"measureName": "m", "startDate": "2024-04-01", "endDate": "2024-04-01"}',
+            "endDate: must be after startDate",
+        ),
+        (
+            '{"measureName": "m", "startDate": "2024-04-02", "endDate": "2024-04-01"}',
+            "endDate: must be after startDate",
+        ),
+        (
+            '{"measureName": "m", "startDate": "2024-03-01", "endDate": "2024-04-01", "createdBy": 1}',
+            "createdBy: expected a string",
+        ),
+        (
+            '{"measureName": "nope", "startDate": "2024-03-01", "endDate": "2024-04-01"}',
+            "No measure definition found for: nope",
+        ),
+        (
+            '{"measureName": "m\\u0000", "startDate": "2024-03-01", "endDate": "2024-04-01"}',
+            "measureName: must not hold NUL",
+        ),
     ],
 )
 @pytest.mark.parametrize("method", ["GET", "POST"])

@@ -63,8 +63,12 @@ def test_413_says_the_limit(client, writer):
 
 
 def test_the_10001st_bulk_item_is_refused(client, writer):
-    response = client.post("/measures", data="[" + ",".join(["{}"] * 10_001) + "]", headers=writer,
-                           content_type="application/json")
+    response = client.post(
+        "/measures",
+        data="[" + ",".join(["{}"] * 10_001) + "]",
+        headers=writer,
+        content_type="application/json",
+    )
     assert response.status_code == 400
     assert response.get_json() == {"error": "body: at most 10000 measures per request, got 10001"}
 
@@ -102,13 +106,18 @@ def test_a_well_formed_bulk_body_parsed_item_by_item_is_stored(client, writer):
     response = client.post("/measures", data=raw, headers=writer, content_type="application/json")
     assert response.status_code == 201
     assert response.get_json()["inserted"] == 3
-    assert client.post("/measures", data="[]", headers=writer, content_type="application/json").status_code == 201
+    assert (
+        client.post("/measures", data="[]", headers=writer, content_type="application/json").status_code
+        == 201
+    )
     assert _rows() == 3
 
 
 @pytest.mark.parametrize("end", ["9999-12-31T12:00", "9999-12-31T23:59:59.999999", "9999-12-31"])
 def test_aggregate_up_to_the_last_representable_day_is_not_500(client, make_definition, auth_header, end):
     make_definition("m", access_public=True)
-    response = client.get(f"/aggregate?measureName=m&startDate=2024-01-01&endDate={end}", headers=auth_header())
+    response = client.get(
+        f"/aggregate?measureName=m&startDate=2024-01-01&endDate={end}", headers=auth_header()
+    )
     assert response.status_code == 200
     assert response.get_json() == []

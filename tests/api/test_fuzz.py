@@ -11,7 +11,9 @@ from hypothesis import strategies as st
 from dacc.db import db
 from dacc.models import RawMeasure
 
-SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 VALID = {"measureName": "m", "value": 1, "startDate": "2024-01-01", "createdBy": "app", "group1": {"g1": "a"}}
 
 scalars = (
@@ -20,9 +22,15 @@ scalars = (
     | st.integers(min_value=-(10**30), max_value=10**30)
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=80)
-    | st.sampled_from(["", "\x00", "\ud800", "*", "2024-01-01", "9999-12-31T23:59", "0001-01-01", "1e999", "NaN"])
+    | st.sampled_from(
+        ["", "\x00", "\ud800", "*", "2024-01-01", "9999-12-31T23:59", "0001-01-01", "1e999", "NaN"]
+    )
 )
-json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
+json_values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
 # A valid body with one field replaced by anything (or removed, or one added).
 mutated = st.builds(
     lambda field, value, drop: {k: v for k, v in {**VALID, field: value}.items() if k != drop},
@@ -37,7 +45,9 @@ bodies = (
     | st.integers(min_value=900, max_value=3000).map(lambda n: b"[" * n + b"]" * n)
     | st.sampled_from([b"", b"{", b'{"value": 1e400}', b'{"measureName": "m\\u0000"}', b'[{"a": "\\ud800"}]'])
 )
-content_types = st.sampled_from(["application/json", "application/json; charset=utf-8", "text/plain", "", None])
+content_types = st.sampled_from(
+    ["application/json", "application/json; charset=utf-8", "text/plain", "", None]
+)
 
 
 @pytest.fixture
@@ -68,7 +78,12 @@ def test_post_measure_never_answers_5xx(client, setup, body, content_type):
 
 
 @SETTINGS
-@given(items=st.lists(mutated | json_values, max_size=5), raw=bodies, use_raw=st.booleans(), content_type=content_types)
+@given(
+    items=st.lists(mutated | json_values, max_size=5),
+    raw=bodies,
+    use_raw=st.booleans(),
+    content_type=content_types,
+)
 def test_post_measures_never_answers_5xx(client, setup, items, raw, use_raw, content_type):
     before = _rows()
     data = raw if use_raw else json.dumps(items).encode()
@@ -78,10 +93,16 @@ def test_post_measures_never_answers_5xx(client, setup, items, raw, use_raw, con
 
 @SETTINGS
 @given(
-    params=st.dictionaries(st.sampled_from(["measureName", "startDate", "endDate", "createdBy", "x"]), json_values, max_size=5),
+    params=st.dictionaries(
+        st.sampled_from(["measureName", "startDate", "endDate", "createdBy", "x"]), json_values, max_size=5
+    ),
     raw=bodies,
     use_raw=st.booleans(),
-    query=st.dictionaries(st.sampled_from(["measureName", "startDate", "endDate", "createdBy"]), st.text(max_size=30), max_size=4),
+    query=st.dictionaries(
+        st.sampled_from(["measureName", "startDate", "endDate", "createdBy"]),
+        st.text(max_size=30),
+        max_size=4,
+    ),
     method=st.sampled_from(["GET", "POST"]),
 )
 def test_aggregate_never_answers_5xx(client, setup, params, raw, use_raw, query, method):

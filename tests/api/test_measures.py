@@ -116,11 +116,18 @@ def test_nan_in_the_json_text_is_400(client, konnector, headers):
 
 
 def test_created_by_must_match_the_definition(client, make_definition, headers):
-    make_definition("konnector-event-daily", created_by="ecolyo", group1_key="slug",
-                    group2_key="event_type", group3_key="status")
+    make_definition(
+        "konnector-event-daily",
+        created_by="ecolyo",
+        group1_key="slug",
+        group2_key="event_type",
+        group3_key="status",
+    )
     response = client.post("/measure", json={**DACC_BODY, "createdBy": "other"}, headers=headers)
     assert response.status_code == 400
-    assert response.get_json() == {"error": "createdBy: measure 'konnector-event-daily' only accepts 'ecolyo'"}
+    assert response.get_json() == {
+        "error": "createdBy: measure 'konnector-event-daily' only accepts 'ecolyo'"
+    }
 
 
 def test_start_date_is_stored_at_the_start_of_the_week(client, make_definition, headers):
@@ -160,7 +167,9 @@ def test_body_over_64_kib_is_413(client, konnector, headers):
 
 
 def test_invalid_utf8_is_400(client, konnector, headers):
-    response = client.post("/measure", data=b'{"value": "\xff"}', headers=headers, content_type="application/json")
+    response = client.post(
+        "/measure", data=b'{"value": "\xff"}', headers=headers, content_type="application/json"
+    )
     assert response.status_code == 400
 
 
@@ -186,11 +195,18 @@ def test_second_post_with_the_same_measure_id_is_200_duplicate(client, konnector
 
 
 def test_just_inserted_definition_is_usable_at_once(client, konnector, headers):
-    assert client.post("/measure", json={**DACC_BODY, "measureName": "new"}, headers=headers).status_code == 400
-    db.session.add(MeasureDefinition(name="new", org="o", group1_key="slug", group2_key="event_type",
-                                     group3_key="status"))
+    assert (
+        client.post("/measure", json={**DACC_BODY, "measureName": "new"}, headers=headers).status_code == 400
+    )
+    db.session.add(
+        MeasureDefinition(
+            name="new", org="o", group1_key="slug", group2_key="event_type", group3_key="status"
+        )
+    )
     db.session.commit()
-    assert client.post("/measure", json={**DACC_BODY, "measureName": "new"}, headers=headers).status_code == 201
+    assert (
+        client.post("/measure", json={**DACC_BODY, "measureName": "new"}, headers=headers).status_code == 201
+    )
 
 
 def test_measure_takes_one_insert_statement(app, client, konnector, headers):

@@ -113,8 +113,11 @@ def test_job_runs_come_from_the_database(client, runner, make_definition, auth_h
     # Publishing what is pending without new data (flask view, jobs run) is a run of its own.
     assert 'dacc_job_runs_total{job="publication",measure="m",result="ok"} 1.0' in text
     assert 'measure="nope"' not in text  # an unknown name ran nothing
-    stamp = [line for line in text.splitlines()
-             if line.startswith('dacc_job_last_success_timestamp_seconds{job="aggregation",measure="m"}')]
+    stamp = [
+        line
+        for line in text.splitlines()
+        if line.startswith('dacc_job_last_success_timestamp_seconds{job="aggregation",measure="m"}')
+    ]
     assert len(stamp) == 1
     assert abs(float(stamp[0].split()[-1]) - time.time()) < 120
 
@@ -149,7 +152,10 @@ def test_gunicorn_workers_add_their_metrics_up_in_multiprocess_mode(database_url
     gunicorn = os.path.join(os.path.dirname(sys.executable), "gunicorn")
     process = subprocess.Popen(
         [gunicorn, "--no-control-socket", "-w", "2", "-b", f"127.0.0.1:{port}", "dacc:create_app()"],
-        env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         base = f"http://127.0.0.1:{port}"

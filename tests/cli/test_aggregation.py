@@ -26,9 +26,14 @@ def test_compute_aggregation_reports_the_run_and_a_summary(runner, make_definiti
     insert_raw("m", _rows(3) + _rows(1, group="y"))
     result = runner.invoke(args=["compute-aggregation", "m"])
     assert result.exit_code == 0, result.output
-    assert re.search(r"^m: 4 raw measures read, 2 aggregates inserted, 0 updated, 0 refused, [\d.]+ s$",
-                     result.output, re.M)
-    assert re.search(r"^1 measure\(s\) aggregated, 0 skipped, 0 failed: 4 raw measures read", result.output, re.M)
+    assert re.search(
+        r"^m: 4 raw measures read, 2 aggregates inserted, 0 updated, 0 refused, [\d.]+ s$",
+        result.output,
+        re.M,
+    )
+    assert re.search(
+        r"^1 measure\(s\) aggregated, 0 skipped, 0 failed: 4 raw measures read", result.output, re.M
+    )
     assert _counts("m") == [1, 3]
 
 
@@ -108,7 +113,11 @@ def test_compute_wildcard_aggregate_prints_a_line_per_start_date_and_a_count(run
         (["m", "group1,group3"], 1, "m has no group3"),
         (["nope", "group1"], 1, "measure 'nope': no such definition"),
         (["m", "group1", "--from-date", "2024-13-01"], 2, "--from-date"),
-        (["m", "group1", "--from-date", "2024-02-01", "--to-date", "2024-01-01"], 1, "from-date: must not be after to-date"),
+        (
+            ["m", "group1", "--from-date", "2024-02-01", "--to-date", "2024-01-01"],
+            1,
+            "from-date: must not be after to-date",
+        ),
     ],
 )
 def test_compute_wildcard_aggregate_errors(runner, make_definition, args, code, message):

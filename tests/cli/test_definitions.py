@@ -67,9 +67,18 @@ def test_default_file_is_the_shipped_one(runner):
 @pytest.mark.parametrize(
     "bad, message",
     [
-        ({"name": "b", "org": "o", "aggregationPeriod": "hour"}, 'definitions[1] (name "b"): aggregationPeriod'),
-        ({"name": "b", "org": "o", "aggregationThreshold": 0}, 'definitions[1] (name "b"): aggregationThreshold'),
-        ({"name": "b", "org": "o", "group2Key": "x"}, 'definitions[1] (name "b"): group2Key: set while group1Key'),
+        (
+            {"name": "b", "org": "o", "aggregationPeriod": "hour"},
+            'definitions[1] (name "b"): aggregationPeriod',
+        ),
+        (
+            {"name": "b", "org": "o", "aggregationThreshold": 0},
+            'definitions[1] (name "b"): aggregationThreshold',
+        ),
+        (
+            {"name": "b", "org": "o", "group2Key": "x"},
+            'definitions[1] (name "b"): group2Key: set while group1Key',
+        ),
         ({"name": "b", "org": "o", "accessApp": "true"}, 'definitions[1] (name "b"): accessApp'),
         ({"name": "a", "org": "o"}, 'definitions[1] (name "a"): name: duplicate of definitions[0]'),
     ],
@@ -91,7 +100,14 @@ def test_missing_file_exits_2(runner, tmp_path):
 def test_list_prints_a_table(runner, tmp_path):
     path = write(
         tmp_path / "d.json",
-        {"name": "b", "org": "o", "group1Key": "x", "group2Key": "y", "accessPublic": True, "withQuartiles": True},
+        {
+            "name": "b",
+            "org": "o",
+            "group1Key": "x",
+            "group2Key": "y",
+            "accessPublic": True,
+            "withQuartiles": True,
+        },
         {"name": "a", "org": "p", "createdBy": "app", "aggregationPeriod": "week", "aggregationThreshold": 9},
     )
     runner.invoke(args=["insert-definitions-json", "-f", str(path)])
@@ -119,7 +135,9 @@ def test_remove_asks_first_and_keeps_everything_when_refused(runner, make_defini
 
 def test_remove_deletes_and_reports_counts(runner, make_definition):
     make_definition("m")
-    record_measure({"measureName": "m", "value": 1, "startDate": "2022-01-01", "createdBy": "a", "group1": {"g1": 1}})
+    record_measure(
+        {"measureName": "m", "value": 1, "startDate": "2022-01-01", "createdBy": "a", "group1": {"g1": 1}}
+    )
     result = runner.invoke(args=["definitions", "remove", "m"], input="y\n")
     assert result.exit_code == 0, result.output
     assert result.output.splitlines()[-1] == (
@@ -141,7 +159,9 @@ def test_changing_the_period_of_a_measure_with_data_exits_1_and_writes_nothing(r
     write(path, {"name": "b", "org": "o"}, {"name": "a", "org": "o", "aggregationPeriod": "month"})
     result = runner.invoke(args=["insert-definitions-json", "-f", str(path)])
     assert result.exit_code == 1
-    assert 'definitions[1] (name "a"): aggregationPeriod: cannot change from "day" to "month"' in result.output
+    assert (
+        'definitions[1] (name "a"): aggregationPeriod: cannot change from "day" to "month"' in result.output
+    )
     assert names() == ["a"]
     assert db.session.scalar(sa.select(MeasureDefinition.aggregation_period)) == "day"
 
@@ -149,9 +169,20 @@ def test_changing_the_period_of_a_measure_with_data_exits_1_and_writes_nothing(r
 def test_changed_wildcard_levels_print_that_a_rebuild_is_pending(runner, tmp_path):
     path = write(tmp_path / "d.json", {"name": "a", "org": "o", "group1Key": "k", "aggregationThreshold": 1})
     runner.invoke(args=["insert-definitions-json", "-f", str(path)])
-    record_measure({"measureName": "a", "value": 1, "startDate": "2024-01-01", "createdBy": "app", "group1": {"k": "x"}})
+    record_measure(
+        {"measureName": "a", "value": 1, "startDate": "2024-01-01", "createdBy": "app", "group1": {"k": "x"}}
+    )
     assert runner.invoke(args=["compute-aggregation", "a", "--force"]).exit_code == 0
-    write(path, {"name": "a", "org": "o", "group1Key": "k", "aggregationThreshold": 1, "wildcardGroups": [["group1"]]})
+    write(
+        path,
+        {
+            "name": "a",
+            "org": "o",
+            "group1Key": "k",
+            "aggregationThreshold": 1,
+            "wildcardGroups": [["group1"]],
+        },
+    )
     result = runner.invoke(args=["insert-definitions-json", "-f", str(path)])
     assert result.exit_code == 0, result.output
     assert result.output.splitlines() == [
@@ -163,4 +194,7 @@ def test_changed_wildcard_levels_print_that_a_rebuild_is_pending(runner, tmp_pat
     assert db.session.scalar(sa.select(sa.func.count()).select_from(Aggregate)) == 0
     assert runner.invoke(args=["compute-aggregation", "a"]).exit_code == 0
     db.session.expire_all()
-    assert sorted(json.dumps(g) for g in db.session.scalars(sa.select(Aggregate.group1))) == ['{"k": "*"}', '{"k": "x"}']
+    assert sorted(json.dumps(g) for g in db.session.scalars(sa.select(Aggregate.group1))) == [
+        '{"k": "*"}',
+        '{"k": "x"}',
+    ]

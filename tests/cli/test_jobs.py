@@ -12,7 +12,7 @@ def _table(output):
     lines = output.splitlines()
     start = next(i for i, l in enumerate(lines) if l.startswith("step "))
     rows = []
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         if " step(s) in " in line:
             break
         fields = line.split()
@@ -58,9 +58,7 @@ def test_run_with_a_failed_step_exits_1_after_running_the_others(runner, make_de
     assert raw_count("good") == 0
 
 
-def test_run_while_another_runner_holds_the_lock_does_nothing_and_exits_0(
-    runner, make_definition
-):
+def test_run_while_another_runner_holds_the_lock_does_nothing_and_exits_0(runner, make_definition):
     make_definition("m")
     insert_raw("m", age_seconds=100 * DAY)
 

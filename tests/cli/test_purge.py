@@ -71,9 +71,7 @@ def test_bad_arguments_exit_2_and_delete_nothing(runner, make_definition, args):
     assert raw_count("m") == 1
 
 
-def test_purge_all_applies_each_retention_and_reports_refusals_with_exit_0(
-    runner, make_definition
-):
+def test_purge_all_applies_each_retention_and_reports_refusals_with_exit_0(runner, make_definition):
     make_definition("kept_long", raw_retention_days=365)
     make_definition("refused")
     make_definition("short", raw_retention_days=7)

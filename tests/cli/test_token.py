@@ -20,9 +20,7 @@ def test_create_prints_the_secret_alone_on_the_last_line(runner, client):
 
 
 def test_create_with_scope_and_expiry(runner, app):
-    result = runner.invoke(
-        args=["token", "create", "o", "--scope", "aggregate:read", "--expires-in", "3"]
-    )
+    result = runner.invoke(args=["token", "create", "o", "--scope", "aggregate:read", "--expires-in", "3"])
     assert result.exit_code == 0, result.output
     token = db.session.scalar(sa.select(ApiToken))
     assert token.scopes == ["aggregate:read"]

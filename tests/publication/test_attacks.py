@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import numpy as np
@@ -59,8 +59,9 @@ class Truth:
         insert_raw(self.name, [(Decimal(str(value)), day, "app", *groups)])
 
     def under(self, row_key: tuple) -> list[int]:
-        return [i for i, (key, _) in enumerate(self.measures)
-                if all(r in ("*", v) for r, v in zip(row_key, key))]
+        return [
+            i for i, (key, _) in enumerate(self.measures) if all(r in ("*", v) for r, v in zip(row_key, key))
+        ]
 
     def vector(self, row: dict) -> np.ndarray:
         """The measures a served row holds: the first `count` of those under its key."""
@@ -101,10 +102,18 @@ class Truth:
 
 def define(name="m", *, groups=2, k=K, wildcards=(), **fields):
     keys = {f"group{i + 1}Key": "abc"[i] for i in range(groups)}
-    rows = validate_definitions([{
-        "name": name, "org": "org", "aggregationThreshold": k, "wildcardGroups": list(wildcards),
-        **keys, **fields,
-    }])
+    rows = validate_definitions(
+        [
+            {
+                "name": name,
+                "org": "org",
+                "aggregationThreshold": k,
+                "wildcardGroups": list(wildcards),
+                **keys,
+                **fields,
+            }
+        ]
+    )
     upsert_definitions(rows)
 
 
@@ -133,7 +142,7 @@ def test_a_late_measure_does_not_change_a_served_cell(app, reader):
     assert [(r["count"], r["sum"]) for r in reader.read()] == [(10, 55)]
     assert truth.recoverable(reader.seen, [frozenset([10])]) == []
     # Control: k more contributions make a new version.
-    for value in range(4):
+    for _ in range(4):
         truth.send(("x",), 1)
     run()
     assert [(r["count"], r["sum"]) for r in reader.read()] == [(15, 101.5)]
@@ -177,8 +186,10 @@ def test_a_two_by_two_table_with_its_margins_hides_a_single_measure(app, reader)
 @pytest.mark.parametrize("groups, seed", [(2, 3), (2, 5), (3, 7), (3, 11)])
 def test_random_tables_over_several_runs_leak_nothing(app, reader, runner, groups, seed):
     names = ("group1", "group2", "group3")[:groups]
-    define(groups=groups, wildcards=[list(c) for n in range(1, groups + 1)
-                                     for c in itertools.combinations(names, n)])
+    define(
+        groups=groups,
+        wildcards=[list(c) for n in range(1, groups + 1) for c in itertools.combinations(names, n)],
+    )
     rng = random.Random(seed)
     truth = Truth(groups=groups)
     domains = (("p", "q", "o"), ("r", "s"), ("t", "u"))[:groups]
@@ -238,8 +249,9 @@ def test_a_rebuild_that_lost_purged_measures_is_not_served_anew(app, reader):
     run()
     assert [r["count"] for r in reader.read()] == [12]
     # A purge took 3 of them; the rebuild would serve 9, and 12 - 9 = 3 measures.
-    db.session.execute(sa.text(
-        "DELETE FROM raw_measure WHERE ctid IN (SELECT ctid FROM raw_measure LIMIT 3)"))
+    db.session.execute(
+        sa.text("DELETE FROM raw_measure WHERE ctid IN (SELECT ctid FROM raw_measure LIMIT 3)")
+    )
     db.session.commit()
     delete_aggregations_from_date("m", DAY.date(), allow_purged_loss=True)
     run()
@@ -254,7 +266,7 @@ def test_a_rebuild_that_lost_purged_measures_is_not_served_anew(app, reader):
 
 
 def test_an_open_period_is_not_served_and_a_closed_one_is(app, reader):
-    today = datetime.now(timezone.utc).replace(tzinfo=None)
+    today = datetime.now(UTC).replace(tzinfo=None)
     yesterday = today - timedelta(days=1)
     define(groups=1)
     truth = Truth(groups=1)
@@ -262,18 +274,23 @@ def test_an_open_period_is_not_served_and_a_closed_one_is(app, reader):
         truth.send(("x",), 1, day=today)
         truth.send(("x",), 1, day=yesterday)
     run()
-    start, end = (today - timedelta(days=3)).date().isoformat(), (today + timedelta(days=1)).date().isoformat()
+    start, end = (today - timedelta(days=3)).date().isoformat(), (
+        today + timedelta(days=1)
+    ).date().isoformat()
     assert [r["startDate"][:10] for r in reader.read(start, end)] == [yesterday.date().isoformat()]
 
 
 def test_a_publish_delay_holds_a_closed_period_back_until_it_passes(app, reader, runner):
-    yesterday = datetime.now(timezone.utc).replace(tzinfo=None) - timedelta(days=1)
+    yesterday = datetime.now(UTC).replace(tzinfo=None) - timedelta(days=1)
     define(groups=1, publishDelayHours=72)
     truth = Truth(groups=1)
     for _ in range(6):
         truth.send(("x",), 1, day=yesterday)
     run()
-    window = ((yesterday - timedelta(days=2)).date().isoformat(), (yesterday + timedelta(days=2)).date().isoformat())
+    window = (
+        (yesterday - timedelta(days=2)).date().isoformat(),
+        (yesterday + timedelta(days=2)).date().isoformat(),
+    )
     assert reader.read(*window) == []
     define(groups=1, publishDelayHours=0)  # a rule change republishes the measure
     assert [r["count"] for r in reader.read(*window)] == [6]
@@ -300,16 +317,23 @@ def test_a_refused_read_reads_no_row(app, make_token):
     for i in range(50):
         truth.send((f"v{i}",), 1)
     run()
-    params = {"org": "other", "can_write": False, "name": "m", "start": datetime(2024, 1, 1),
-              "end": datetime(2025, 1, 1), "created_by": None}
-    plan = db.session.execute(
-        sa.text("EXPLAIN (ANALYZE, FORMAT JSON) " + _READ.text), params
-    ).scalar()
+    params = {
+        "org": "other",
+        "can_write": False,
+        "name": "m",
+        "start": datetime(2024, 1, 1),
+        "end": datetime(2025, 1, 1),
+        "created_by": None,
+    }
+    plan = db.session.execute(sa.text("EXPLAIN (ANALYZE, FORMAT JSON) " + _READ.text), params).scalar()
     db.session.commit()
     text = json.dumps(plan)
     assert '"Relation Name": "published_cell"' in text
-    assert all(node.get("Actual Loops", 1) == 0 for node in _nodes(plan[0]["Plan"])
-               if node.get("Relation Name") == "published_cell")
+    assert all(
+        node.get("Actual Loops", 1) == 0
+        for node in _nodes(plan[0]["Plan"])
+        if node.get("Relation Name") == "published_cell"
+    )
 
 
 def _nodes(node):

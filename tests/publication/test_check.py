@@ -19,14 +19,24 @@ def _served_before_the_ledger(make_definition):
     key = "measure_name, start_date, created_by, group1"
     for g, count in (("x", 10), ("y", 2)):
         group = json.dumps({"g": g})
-        db.session.execute(sa.text(f"INSERT INTO publication_leaf ({key}, count) VALUES ('m', :d, 'app', :g, :n)"),
-                           {"d": DAY, "g": group, "n": count})
-        db.session.execute(sa.text(f"INSERT INTO publication_piece ({key}, epoch, count) VALUES ('m', :d, 'app', :g, 1, :n)"),
-                           {"d": DAY, "g": group, "n": count})
+        db.session.execute(
+            sa.text(f"INSERT INTO publication_leaf ({key}, count) VALUES ('m', :d, 'app', :g, :n)"),
+            {"d": DAY, "g": group, "n": count},
+        )
+        db.session.execute(
+            sa.text(
+                f"INSERT INTO publication_piece ({key}, epoch, count) VALUES ('m', :d, 'app', :g, 1, :n)"
+            ),
+            {"d": DAY, "g": group, "n": count},
+        )
     for g, count in (("x", 10), ("*", 12)):
-        db.session.execute(sa.text(
-            f"INSERT INTO published_version ({key}, version, contributions, epoch, body, published_at)"
-            " VALUES ('m', :d, 'app', :g, 1, :n, 1, '{}', now())"), {"d": DAY, "g": json.dumps({"g": g}), "n": count})
+        db.session.execute(
+            sa.text(
+                f"INSERT INTO published_version ({key}, version, contributions, epoch, body, published_at)"
+                " VALUES ('m', :d, 'app', :g, 1, :n, 1, '{}', now())"
+            ),
+            {"d": DAY, "g": json.dumps({"g": g}), "n": count},
+        )
     db.session.commit()
 
 
@@ -54,17 +64,26 @@ def test_the_upgrade_publishes_exactly_what_the_view_served(unmigrated_app):
     from flask_migrate import downgrade, upgrade
 
     upgrade(revision="0002")
-    db.session.execute(sa.text(
-        "INSERT INTO measure_definition (name, org, group1_key, aggregation_threshold, wildcard_groups)"
-        " VALUES ('m', 'o', 'g', 3, '[[\"group1\"]]')"))
+    db.session.execute(
+        sa.text(
+            "INSERT INTO measure_definition (name, org, group1_key, aggregation_threshold, wildcard_groups)"
+            " VALUES ('m', 'o', 'g', 3, '[[\"group1\"]]')"
+        )
+    )
     for g, n in (("x", 5), ("y", 2), ("z", 4), ("*", 11)):
-        db.session.execute(sa.text(
-            "INSERT INTO aggregate (measure_name, start_date, created_by, group1, count, count_not_zero,"
-            " sum, sum_squares, min, max, avg, std) VALUES ('m', '2024-03-01', 'app', :g, :n, :n,"
-            " :n, :n, 1, 1, 1, 0)"), {"g": json.dumps({"g": g}), "n": n})
+        db.session.execute(
+            sa.text(
+                "INSERT INTO aggregate (measure_name, start_date, created_by, group1, count, count_not_zero,"
+                " sum, sum_squares, min, max, avg, std) VALUES ('m', '2024-03-01', 'app', :g, :n, :n,"
+                " :n, :n, 1, 1, 1, 0)"
+            ),
+            {"g": json.dumps({"g": g}), "n": n},
+        )
     db.session.execute(sa.text("REFRESH MATERIALIZED VIEW filtered_aggregation"))
     db.session.commit()
-    before = db.session.execute(sa.text("SELECT body FROM filtered_aggregation ORDER BY body")).scalars().all()
+    before = (
+        db.session.execute(sa.text("SELECT body FROM filtered_aggregation ORDER BY body")).scalars().all()
+    )
     db.session.commit()
     upgrade()
     after = db.session.execute(sa.text("SELECT body FROM published_cell ORDER BY body")).scalars().all()

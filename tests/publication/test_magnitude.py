@@ -31,8 +31,14 @@ def test_few_non_zero_values_show_counts_only(app, client, auth_header):
     compute_aggregation("m", force=True)
     rows = _rows(client, auth_header)
     # The sum would be one person's value, and tell that the four others sent 0.
-    assert rows[("x",)] == {"measureName": "m", "startDate": "2024-03-01T00:00:00", "createdBy": "app",
-                            "group1": {"a": "x"}, "count": 5, "countNotZero": 1}
+    assert rows[("x",)] == {
+        "measureName": "m",
+        "startDate": "2024-03-01T00:00:00",
+        "createdBy": "app",
+        "group1": {"a": "x"},
+        "count": 5,
+        "countNotZero": 1,
+    }
     assert rows[("y",)]["sum"] == 15 and rows[("y",)]["max"] == 5
 
 
@@ -73,13 +79,25 @@ def test_a_dominated_cell_shows_its_count_only_and_hides_its_sum_in_totals(app, 
 def test_k_counts_distinct_contributors(app, client, auth_header):
     define(groups=1, writers=["*"])
     headers = auth_header("org", scopes=["measure:write"])
-    for i in range(8):
-        body = {"measureName": "m", "value": 3, "startDate": "2024-03-01", "createdBy": "app",
-                "group1": {"a": "x"}, "contributor": "same-person"}
+    for _ in range(8):
+        body = {
+            "measureName": "m",
+            "value": 3,
+            "startDate": "2024-03-01",
+            "createdBy": "app",
+            "group1": {"a": "x"},
+            "contributor": "same-person",
+        }
         assert client.post("/measure", json=body, headers=headers).status_code == 201
     for i in range(5):  # control: five people
-        body = {"measureName": "m", "value": 3, "startDate": "2024-03-01", "createdBy": "app",
-                "group1": {"a": "y"}, "contributor": f"person-{i}"}
+        body = {
+            "measureName": "m",
+            "value": 3,
+            "startDate": "2024-03-01",
+            "createdBy": "app",
+            "group1": {"a": "y"},
+            "contributor": f"person-{i}",
+        }
         assert client.post("/measure", json=body, headers=headers).status_code == 201
     compute_aggregation("m", force=True)
     assert {key: r["count"] for key, r in _rows(client, auth_header).items()} == {("y",): 5}
