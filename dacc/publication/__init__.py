@@ -14,9 +14,12 @@ import logging
 import time
 from datetime import datetime
 
+import numpy as np
 import sqlalchemy as sa
 
+from dacc.aggregation.sql import TRY_XACT_LOCK
 from dacc.db import db
+from dacc.errors import Conflict, NotFound
 from dacc.publication import sql
 from dacc.publication.publisher import (
     PieceSpace,
@@ -38,9 +41,6 @@ __all__ = [
 ]
 
 VIEW = "filtered_aggregation"
-_TRY_LOCK = "SELECT pg_try_advisory_xact_lock(hashtextextended('dacc.aggregate:' || CAST(:name AS text), 0))"
-"""The aggregation lock of the measure (dacc.aggregation.sql.LOCK_KEY): one writer of its
-cells and of its publication at a time."""
 
 
 def publish_pending(*, names: list[str] | None = None, full: bool = False) -> list[PublicationResult]:
@@ -55,8 +55,6 @@ def publish_pending(*, names: list[str] | None = None, full: bool = False) -> li
     if names is None:
         names = known
     for name in set(names) - set(known):
-        from dacc.errors import NotFound
-
         raise NotFound(f"measure '{name}': no such definition")
     from dacc.runs import record_run
 
@@ -66,7 +64,7 @@ def publish_pending(*, names: list[str] | None = None, full: bool = False) -> li
         try:
             with db.engine.connect() as conn, conn.begin():
                 conn.execute(sa.text("SET LOCAL statement_timeout = 0"))
-                if not conn.execute(sa.text(_TRY_LOCK), {"name": name}).scalar():
+                if not conn.execute(sa.text(TRY_XACT_LOCK), {"name": name}).scalar():
                     results.append(PublicationResult(name, skipped=True))
                     continue
                 result = publish_measure(conn, name, full=full)
@@ -83,8 +81,6 @@ def publish_pending(*, names: list[str] | None = None, full: bool = False) -> li
 def create_view(*, replace: bool = False) -> None:
     """Create the plain view filtered_aggregation over the ledger, for external readers.
     Raises Conflict if it exists (unless `replace`). Commits."""
-    from dacc.errors import Conflict
-
     with db.engine.begin() as conn:
         exists = conn.execute(sa.text(_VIEW_EXISTS)).scalar()
         if exists and not replace:
@@ -95,8 +91,6 @@ def create_view(*, replace: bool = False) -> None:
 def delete_view() -> None:
     """Drop the view filtered_aggregation; /aggregate keeps serving the ledger. Raises
     NotFound if it does not exist. Commits."""
-    from dacc.errors import NotFound
-
     with db.engine.begin() as conn:
         if not conn.execute(sa.text(_VIEW_EXISTS)).scalar():
             raise NotFound(f"{VIEW} does not exist")
@@ -150,8 +144,6 @@ def check_privacy(name: str | None = None, *, day: datetime | None = None) -> li
 
 
 def _disclosures(measure, start, app, hierarchy, k) -> list[Disclosure]:
-    import numpy as np
-
     space = PieceSpace(hierarchy)
     counts, sums = served_audits(space, hierarchy, k)
     findings = list({f.pieces: f for f in counts.findings() + sums.findings()}.values())
