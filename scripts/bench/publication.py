@@ -14,11 +14,15 @@ from __future__ import annotations
 import datetime as dt
 import importlib.util
 import time
-from pathlib import Path
+from unittest import mock
 
-MIGRATION_0002 = (
-    Path(__file__).resolve().parent.parent / "migrations/versions/0002_filtered_view_suppression.py"
-)
+from dacc import publication
+from dacc.aggregation import compute
+from dacc.publication.publisher import PublicationResult
+from scripts.bench.env import ROOT, Environment
+from scripts.bench.figures import Figure
+
+MIGRATION_0002 = ROOT / "migrations/versions/0002_filtered_view_suppression.py"
 
 # Plain cells of `days` days × g1 × g2 with counts 1..12, then every wildcard level as
 # exact sums of them: one statement each, no raw rows.
@@ -72,13 +76,7 @@ FROM generate_series(0, :n - 1) i
 """New raw measures spread over the last 3 days of cells."""
 
 
-def section_publication(env, Figure) -> list:
-    from unittest import mock
-
-    from dacc import publication
-    from dacc.aggregation import compute
-    from dacc.publication.publisher import PublicationResult
-
+def section_publication(env: Environment) -> list[Figure]:
     cells, figures = env.sizes["pub_cells"], []
     a, b = 20, 25
     days = max(1, cells // (a * b + a + b + 1))

@@ -1,0 +1,106 @@
+"""Bench section `single`: POST /measure, one measure per request, with and without
+group commit and with a contributor, against the one-INSERT endpoint."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+from scripts import loadgen
+from scripts.bench.data import contributor_body, ensure_single_definition, measure_body
+from scripts.bench.env import Environment, gunicorn
+from scripts.bench.figures import Figure
+from scripts.bench.load import load, paired
+
+
+def section_single(env: Environment) -> list[Figure]:
+    ensure_single_definition(env)
+    count = env.sizes["single"]
+    bodies = [json.dumps(measure_body("bench.single", i)).encode() for i in range(1000)]
+    headers = {"Authorization": env.tokens["write"]}
+    real = [loadgen.build_request("POST", "/measure", body=b, headers=headers) for b in bodies]
+    trivial = [loadgen.build_request("POST", "/_bench/insert", body=b, headers=headers) for b in bodies]
+    window = env.args.ingest_batch_ms
+    figures = []
+    # A second server with group commit off serves today's one commit per request, so
+    # that the batched endpoint is compared with it in the same run.
+    with _unbatched_server(env) as alone_port:
+        runs = [(trivial, env.port), (real, env.port), (real, alone_port)]
+        for requests, port in runs:  # warm every worker: token cache, pools, imports
+            load(env, requests, port=port, total=200, connections=8)
+        for connections in (1, 8):
+            (ceiling, result, alone), per_commit = _alternated(
+                env, runs, total=count, connections=connections
+            )
+            label = f"{connections} conn"
+            figures += [
+                Figure("single", f"POST /measure rate, {label}", result.rate, "measures/s", ceiling.rate,
+                       "ratio>=2" if connections == 8 else "ratio>=0.6",
+                       f"ceiling: POST /_bench/insert (one INSERT); generator {result.cpu_share:.2f} cores"),
+                Figure("single", f"POST /measure rate, {label}, group commit off", alone.rate, "measures/s",
+                       ceiling.rate, note="today's one commit per request; ceiling: the one-INSERT endpoint"),
+                Figure("single", f"POST /measure rate, {label}, against group commit off", result.rate, "measures/s",
+                       alone.rate, "ratio>=0.9" if connections == 1 else ""),
+                Figure("single", f"POST /measure p50, {label}", result.percentile(50), "ms", ceiling.percentile(50)),
+                Figure("single", f"POST /measure p99, {label}", result.percentile(99), "ms", ceiling.percentile(99),
+                       f"value<={20 + window}" if connections == 8 else "",
+                       f"target 20 ms + the {window} ms window" if connections == 8 else ""),
+                Figure("single", f"POST /measure p99, {label}, group commit off", alone.percentile(99), "ms",
+                       ceiling.percentile(99)),
+                Figure("single", f"measures per commit, {label}", per_commit, "", note=f"ingest_batch_ms {window}"),
+            ]  # fmt: skip
+    # With a contributor on a capped measure: its HMAC and its quota upsert, same ceiling.
+    named = [
+        loadgen.build_request(
+            "POST", "/measure", body=json.dumps(contributor_body(i)).encode(), headers=headers
+        )
+        for i in range(1000)
+    ]
+    load(env, named, total=200, connections=8)
+    ceiling, result = paired(env, trivial, named, total=count, connections=8)
+    figures += [
+        Figure("single", "POST /measure + contributor (capped), 8 conn", result.rate, "measures/s", ceiling.rate,
+               "ratio>=0.6", "ceiling: POST /_bench/insert; one statement: quota upsert + INSERT"),
+        Figure("single", "POST /measure + contributor p99, 8 conn", result.percentile(99), "ms",
+               ceiling.percentile(99), "value<=20"),
+    ]  # fmt: skip
+    alone = loadgen.generator_ceiling(real, total=count, connections=8, timeout=env.cap)
+    figures.append(
+        Figure("single", "load generator alone, 8 conn", alone.rate, "requests/s", ceiling.rate,
+               note="canned-reply server; ceiling column: the trivial endpoint's rate")
+    )  # fmt: skip
+    return figures
+
+
+@contextlib.contextmanager
+def _unbatched_server(env: Environment):
+    """A second gunicorn, same settings, `ingest_batch_ms: 0`; yields its port."""
+    config = env.tmp / "config-unbatched.yml"
+    config.write_text(
+        env.config_file.read_text().replace(
+            f"ingest_batch_ms: {env.args.ingest_batch_ms}", "ingest_batch_ms: 0"
+        )
+    )
+    with gunicorn(env, config_file=config, log_name="gunicorn-unbatched.log") as server:
+        yield server.ready()
+
+
+def _alternated(env: Environment, runs, *, total: int, connections: int, rounds: int = 4):
+    """One combined result per (requests, port) of `runs`, measured in alternating
+    rounds; and the measures per commit of the second run (the batched endpoint)."""
+    results: list[list[loadgen.LoadResult]] = [[] for _ in runs]
+    rows = commits = 0
+    share = max(1, total // rounds)
+    for _ in range(rounds):
+        for index, (requests, port) in enumerate(runs):
+            since = env.execute("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint").scalar()
+            results[index].append(load(env, requests, port=port, total=share, connections=connections))
+            if index == 1:
+                # Rows of one commit share its transaction id.
+                counted = env.execute(
+                    "SELECT count(*), count(DISTINCT txid) FROM raw_measure"
+                    " WHERE measure_name = 'bench.single' AND txid >= :since",
+                    {"since": since},
+                ).one()
+                rows, commits = rows + counted[0], commits + counted[1]
+    return [loadgen.LoadResult.combine(r) for r in results], rows / commits if commits else None
