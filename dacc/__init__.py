@@ -81,8 +81,16 @@ def _register_request_metrics(app: Flask, config: Config) -> None:
 def _configure_database(app: Flask, config: Config) -> None:
     from dacc.db import db, migrate
     from dacc.deadlines import watch_engine
-    from dacc.embedded import start_embedded, stopped_on_purpose, stopped_url
+    from dacc.embedded import (
+        placeholder_url,
+        start_embedded,
+        start_on_first_connect,
+        stopped_on_purpose,
+        stopped_url,
+    )
 
+    in_cli = click.get_current_context(silent=True) is not None
+    lazy = False
     if config.embedded and stopped_on_purpose(config.data_dir):
         # `flask embedded stop`: neither the server nor any command starts it again
         # behind the admin's back; requests answer 503 until `flask embedded start`.
@@ -91,12 +99,16 @@ def _configure_database(app: Flask, config: Config) -> None:
             "embedded PostgreSQL in %s stopped on purpose: not started" " (`flask embedded start` starts it)",
             config.data_dir,
         )
+    elif config.embedded and _in_command():
+        # Started at the first connection, not here: `flask --help` and the commands
+        # that only read config must not pay for a server start.
+        url, lazy = placeholder_url(config.data_dir), True
     else:
         url = config.database_url or start_embedded(config.data_dir, stop_at_exit=config.testing)
-    where = f"embedded PostgreSQL in {config.data_dir}" if config.embedded else redact_url(url)
-    # Said at each server start; every CLI command (even --help) would repeat it: debug.
-    in_cli = click.get_current_context(silent=True) is not None
-    log.log(logging.DEBUG if in_cli else logging.INFO, "database: %s (config: %s)", where, config.source)
+    if not lazy:
+        where = f"embedded PostgreSQL in {config.data_dir}" if config.embedded else redact_url(url)
+        # Said at each server start; every CLI command would repeat it: debug.
+        log.log(logging.DEBUG if in_cli else logging.INFO, "database: %s (config: %s)", where, config.source)
     app.config["SQLALCHEMY_DATABASE_URI"] = url
     app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {
         # No pre-ping: it costs a round trip on every request. A connection found dead
@@ -128,6 +140,8 @@ def _configure_database(app: Flask, config: Config) -> None:
     db.init_app(app)
     with app.app_context():
         watch_engine(db.engine)
+        if lazy:
+            start_on_first_connect(db.engine, config.data_dir, on_start=lambda: _on_embedded_start(app))
     migrate.init_app(app, db, directory=MIGRATIONS_DIR, compare_type=True)
     import dacc.models  # noqa: F401  (register the tables with the metadata)
 
@@ -170,11 +184,26 @@ def _register_commands(app: Flask) -> None:
 
 
 def _migrate_embedded(app: Flask, config: Config) -> None:
-    """Bring the embedded database to the newest schema, once per start."""
+    """Bring the embedded database to the newest schema, once per start (for a CLI
+    process, once it has started the server: `_on_embedded_start`)."""
     from dacc.embedded import stopped_on_purpose
     from dacc.migrations_runner import upgrade_to_head
 
-    if stopped_on_purpose(config.data_dir):
+    if stopped_on_purpose(config.data_dir) or _in_command():
         return
+    with app.app_context():
+        upgrade_to_head()
+
+
+def _in_command() -> bool:
+    """True while a `flask` command other than `run` (which serves) builds the app."""
+    context = click.get_current_context(silent=True)
+    return context is not None and context.info_name != "run"
+
+
+def _on_embedded_start(app: Flask) -> None:
+    """A CLI process's first connection started (or joined) the embedded server."""
+    from dacc.migrations_runner import upgrade_to_head
+
     with app.app_context():
         upgrade_to_head()

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import psycopg2
 import psycopg2.errors
+import sqlalchemy as sa
 from psycopg2 import sql
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ def _pgserver():
 
 
 def is_running(path: Path) -> bool:
+    _pgserver()
     from pgserver.utils import PostmasterInfo
 
     info = PostmasterInfo.read_from_pgdata(path.resolve())
@@ -67,7 +69,54 @@ def start_embedded(data_dir: str | Path, *, database: str = DATABASE, stop_at_ex
     path.mkdir(parents=True, exist_ok=True)
     server = _pgserver().get_server(path, cleanup_mode="stop" if stop_at_exit else None)
     create_database(server.get_uri("postgres"), database)
-    return server.get_uri(database).replace("postgresql://", "postgresql+psycopg2://", 1)
+    return _driver_url(server.get_uri(database))
+
+
+def _driver_url(uri: str) -> str:
+    return uri.replace("postgresql://", "postgresql+psycopg2://", 1)
+
+
+def placeholder_url(data_dir: str | Path, *, database: str = DATABASE) -> str:
+    """The URL an engine is made with before its embedded server is started: the
+    socket folder pgserver usually picks, so that nothing else could answer it."""
+    return sa.engine.URL.create(
+        "postgresql+psycopg2", username="postgres", database=database, query={"host": str(Path(data_dir))}
+    ).render_as_string(hide_password=False)
+
+
+def start_on_first_connect(engine: sa.engine.Engine, data_dir: str | Path, *, on_start) -> None:
+    """Make `engine` start (or join) the embedded PostgreSQL of `data_dir` when it first
+    connects, then call `on_start()` (which may connect: migrate) before any
+    connection is handed out.
+
+    For CLI processes: `flask --help` and the commands that never touch the database
+    then cost no server start. The server's socket folder is only known once it runs,
+    so each new connection takes its parameters from the started server's URL.
+    """
+    started: dict = {}
+    lock = threading.RLock()  # on_start's own connections re-enter from this thread
+
+    def _connect(dialect, connection_record, cargs, cparams):
+        with lock:
+            if "params" not in started:
+                try:
+                    url = start_embedded(data_dir)
+                except EmbeddedStopped as exc:
+                    # A connection error, like the stopped server's own: one CLI line.
+                    raise psycopg2.OperationalError(str(exc)) from None
+                _, params = dialect.create_connect_args(sa.engine.make_url(url))
+                started["params"] = params
+                log.debug("database: embedded PostgreSQL in %s", data_dir)
+                try:
+                    on_start()
+                except BaseException:
+                    del started["params"]  # the next connection tries again
+                    raise
+        for key in ("host", "port", "dbname", "database", "user", "password"):
+            cparams.pop(key, None)
+        cparams.update(started["params"])
+
+    sa.event.listen(engine, "do_connect", _connect)
 
 
 def stopped_url(data_dir: str | Path) -> str:
@@ -75,13 +124,18 @@ def stopped_url(data_dir: str | Path) -> str:
     return (Path(data_dir) / STOPPED_MARKER).read_text(encoding="utf-8").strip()
 
 
-def stop_embedded(data_dir: str | Path, url: str) -> bool:
-    """Stop the embedded PostgreSQL on purpose and leave the marker; True if it ran."""
+def stop_embedded(data_dir: str | Path) -> bool:
+    """Stop the embedded PostgreSQL on purpose and leave the marker; True if it ran.
+
+    The marker holds the URL the server had (what engines use while it is stopped);
+    it is written before the stop, so that no process restarts the server meanwhile."""
     path = Path(data_dir)
-    (path / STOPPED_MARKER).write_text(url + "\n", encoding="utf-8")
+    marker = path / STOPPED_MARKER
+    marker.write_text(placeholder_url(path) + "\n", encoding="utf-8")
     if not is_running(path):
         return False
-    server = _pgserver().get_server(path, cleanup_mode=None)
+    server = _pgserver().get_server(path, cleanup_mode=None)  # joins the running one
+    marker.write_text(_driver_url(server.get_uri(DATABASE)) + "\n", encoding="utf-8")
     from pgserver._commands import pg_ctl
 
     pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)

@@ -129,3 +129,63 @@ def test_a_database_stopped_on_purpose_stays_stopped_until_started(embedded_serv
     assert result.returncode == 0, result.stderr
     assert is_running(folder / "pgdata")
     assert _wait_status(port, 200, 15)
+
+
+@pytest.fixture
+def fresh_instance(tmp_path):
+    """(folder, env) of `flask` commands on the embedded default of a folder never used;
+    stops the embedded PostgreSQL a command started there."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DACC_") and k != "DATABASE_URL"}
+    env["DACC_DATA_DIR"] = str(tmp_path / "pgdata")
+    env["FLASK_APP"] = "dacc"
+    env["DACC_CONFIG"] = str(tmp_path / "config.yml")
+    (tmp_path / "config.yml").write_text("logging: {logger_criticity: DEBUG}\n")
+    try:
+        yield tmp_path, env
+    finally:
+        if is_running(tmp_path / "pgdata"):
+            import pgserver
+
+            pgserver.get_server(tmp_path / "pgdata", cleanup_mode="stop").cleanup()
+
+
+def _timed_flask(env, folder, *args):
+    started = time.perf_counter()
+    result = _flask(env, folder, *args)
+    return result, time.perf_counter() - started
+
+
+@pytest.mark.parametrize(
+    "args", [("--help",), ("token", "--help"), ("db", "--help"), ("--version",), ("embedded", "status")]
+)
+def test_commands_that_need_no_database_start_none(fresh_instance, args):
+    folder, env = fresh_instance
+    result = _flask(env, folder, *args)
+    assert result.returncode == 0, result.stderr
+    assert not (folder / "pgdata").exists()
+    # Logging at debug: not even a debug line about a database.
+    assert "database" not in result.stderr
+    assert "migrating" not in result.stderr
+    if args == ("embedded", "status"):
+        assert result.stdout.strip() == f"embedded PostgreSQL in {folder / 'pgdata'}: not running"
+
+
+def test_a_command_that_needs_the_database_starts_it_on_first_use(fresh_instance):
+    folder, env = fresh_instance
+    helped, help_seconds = _timed_flask(env, folder, "--help")
+    assert helped.returncode == 0 and "token" in helped.stdout
+    got, get_seconds = _timed_flask(env, folder, "token", "get", "nobody")
+    assert got.returncode == 1
+    assert got.stderr.strip().splitlines()[-1] == "Error: no token for org 'nobody'"
+    assert is_running(folder / "pgdata")
+    assert "migrating the database to" in got.stderr
+    # The same process, in the same run: the help costs no server start nor migration.
+    assert help_seconds < 0.6 * get_seconds, (help_seconds, get_seconds)
+    # The next command joins the running, migrated server.
+    created = _flask(env, folder, "token", "create", "org-a", "--scope", "aggregate:read")
+    assert created.returncode == 0, created.stderr
+    assert "migrating" not in created.stderr
+    listed = _flask(env, folder, "token", "get", "org-a")
+    assert listed.returncode == 0, listed.stderr
+    (row,) = listed.stdout.splitlines()[1:]
+    assert row.split()[0] == "1" and row.split()[3] == "aggregate:read"

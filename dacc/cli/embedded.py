@@ -22,7 +22,7 @@ def _data_dir() -> str:
 def stop_command():
     """Stop it on purpose: nothing starts it again until `flask embedded start`."""
     data_dir = _data_dir()
-    ran = stop_embedded(data_dir, current_app.config["SQLALCHEMY_DATABASE_URI"])
+    ran = stop_embedded(data_dir)
     click.echo(
         f"embedded PostgreSQL in {data_dir}: {'stopped' if ran else 'was not running'};"
         " servers answer 503 and will not restart it until `flask embedded start`"
