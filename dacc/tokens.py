@@ -172,8 +172,10 @@ def _expiry(days) -> datetime | None:
 
 
 def _check_org(org: str) -> None:
-    if not org or len(org) > 100:
-        raise BadRequest("org: must be 1 to 100 characters")
+    # Printable: an org is shown by the CLI and in logs, where a control character or
+    # a terminal escape sequence would act instead of showing.
+    if not org or len(org) > 100 or not org.isprintable():
+        raise BadRequest("org: must be 1 to 100 printable characters (no control characters)")
 
 
 def _check_app(app) -> None:
@@ -184,6 +186,8 @@ def _check_app(app) -> None:
 def _check_label(label) -> None:
     if label is not None and (not isinstance(label, str) or len(label) > LABEL_LENGTH):
         raise BadRequest(f"label: must be text of at most {LABEL_LENGTH} characters")
+    if label is not None and not label.isprintable():
+        raise BadRequest("label: must not hold control characters")
 
 
 def _check_scopes(scopes) -> tuple[str, ...]:

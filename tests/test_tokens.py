@@ -116,3 +116,23 @@ def test_rotate_unknown_org_is_not_found(app):
 def test_bad_scopes_are_refused(app, scopes):
     with pytest.raises(BadRequest, match="scope"):
         create_token("acme", scopes=scopes)
+
+
+@pytest.mark.parametrize(
+    "org, fields, message",
+    [
+        ("red\x1b[31m", {}, "org: must be 1 to 100 printable characters (no control characters)"),
+        ("a\nb", {}, "org: must be 1 to 100 printable characters (no control characters)"),
+        ("acme", {"label": "ci\x1b]0;title\x07"}, "label: must not hold control characters"),
+        (
+            "acme",
+            {"app": "app\x9b2J"},
+            "app: must be 1 to 100 printable characters (the app's createdBy slug)",
+        ),
+    ],
+)
+def test_text_with_control_characters_is_refused_at_creation(app, org, fields, message):
+    with pytest.raises(BadRequest) as info:
+        create_token(org, **fields)
+    assert info.value.message == message
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(ApiToken)) == 0

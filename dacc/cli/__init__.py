@@ -5,9 +5,11 @@ from flask import Flask
 
 def register_commands(app: Flask) -> None:
     from dacc.cli import aggregation, definitions, embedded, ingest, jobs, privacy, purge, token, view
+    from dacc.cli.errors import refuse_undecodable
 
     for module in (token, definitions, aggregation, view, purge, jobs, ingest, privacy, embedded):
         for command in module.COMMANDS:
+            refuse_undecodable(command)
             app.cli.add_command(command)
 
 

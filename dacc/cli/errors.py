@@ -1,4 +1,5 @@
-"""Domain and database errors become one-line CLI errors with a non-zero exit."""
+"""Domain and database errors, and undecodable arguments, become one-line CLI errors
+with a non-zero exit."""
 
 import functools
 
@@ -26,3 +27,57 @@ def cli_errors(func):
             raise click.ClickException(f"failed: {error_message(exc)}{hint}") from None
 
     return wrapper
+
+
+class InvalidArgument(click.ClickException):
+    """An argument that is not valid UTF-8: a usage error, exit code 2 as click's own."""
+
+    exit_code = 2
+
+
+def refuse_undecodable(command: click.Command) -> None:
+    """Make `command`, and each command of a group, refuse an argument that is not
+    valid UTF-8 before it runs.
+
+    Python decodes such bytes of argv to lone surrogates (PEP 383), which neither
+    PostgreSQL text nor a terminal takes: the command would fail in the middle, with a
+    traceback. Wrapping is idempotent (every create_app registers the same commands).
+    """
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            refuse_undecodable(sub)
+    callback = command.callback
+    if callback is None or getattr(callback, "_dacc_checks_utf8", False):
+        return
+
+    @functools.wraps(callback)
+    def checked(*args, **kwargs):
+        for name, value in kwargs.items():
+            for text in value if isinstance(value, (list, tuple)) else (value,):
+                if isinstance(text, str) and not _decodable(text):
+                    raise InvalidArgument(f"{_param_name(name)}: not valid UTF-8: {_raw(text)}")
+        return callback(*args, **kwargs)
+
+    checked._dacc_checks_utf8 = True
+    command.callback = checked
+
+
+def _decodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _raw(text: str) -> str:
+    """The argument's bytes as Python shows them, e.g. b'caf\\xe9'."""
+    return repr(text.encode("utf-8", "surrogateescape"))
+
+
+def _param_name(name: str) -> str:
+    context = click.get_current_context(silent=True)
+    for param in context.command.params if context else ():
+        if param.name == name:
+            return param.opts[0] if isinstance(param, click.Option) else param.human_readable_name
+    return name

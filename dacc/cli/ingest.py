@@ -10,7 +10,7 @@ from flask.cli import AppGroup
 
 from dacc import mqtt
 from dacc.cli.errors import cli_errors
-from dacc.cli.table import echo_table
+from dacc.cli.table import echo_table, escape_unprintable
 
 ingest_group = AppGroup("ingest", help="Ingestion from a message broker.")
 
@@ -89,8 +89,7 @@ def _since(value: str | None) -> datetime | None:
 
 def _preview(payload: bytes) -> str:
     """The payload's start on one line, non-printable characters escaped."""
-    text = payload.decode("utf-8", "replace")
-    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    shown = escape_unprintable(payload.decode("utf-8", "replace"))
     return shown if len(shown) <= PREVIEW_CHARS else shown[:PREVIEW_CHARS] + "…"
 
 

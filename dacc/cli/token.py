@@ -5,7 +5,7 @@ from flask.cli import AppGroup
 
 from dacc import tokens
 from dacc.cli.errors import cli_errors
-from dacc.cli.table import echo_table
+from dacc.cli.table import echo_table, escape_unprintable
 
 token_group = AppGroup("token", help="Manage API tokens (secrets are shown once).")
 
@@ -43,7 +43,7 @@ def get_command(org):
     """List ORG's tokens (never their secrets)."""
     rows = tokens.list_tokens(org)
     if not rows:
-        raise click.ClickException(f"no token for org '{org}'")
+        raise click.ClickException(f"no token for org '{escape_unprintable(org)}'")
     header = ("id", "label", "prefix", "scopes", "app", "created", "last used", "expires", "revoked")
     table = [
         (
@@ -69,7 +69,9 @@ def get_command(org):
 def update_command(org, token_id):
     """Rotate ORG's token: print a new secret; the old one stops working."""
     token, secret = tokens.rotate_token(org, token_id=token_id)
-    click.echo(f"rotated token {token.id} of org {org}; the old secret no longer works", err=True)
+    click.echo(
+        f"rotated token {token.id} of org {escape_unprintable(org)}; the old secret no longer works", err=True
+    )
     click.echo("store this secret now, it will not be shown again:", err=True)
     click.echo(secret)
 
@@ -80,7 +82,7 @@ def update_command(org, token_id):
 def revoke_command(token_id):
     """Revoke the token with id TOKEN_ID."""
     token = tokens.revoke_token(token_id)
-    click.echo(f"revoked token {token.id} of org {token.org}")
+    click.echo(f"revoked token {token.id} of org {escape_unprintable(token.org)}")
 
 
 @token_group.command("delete-org")
@@ -90,11 +92,11 @@ def revoke_command(token_id):
 def delete_org_command(org, yes):
     """Delete every token of ORG."""
     if not yes:
-        click.confirm(f"Delete every token of org '{org}'?", abort=True)
+        click.confirm(f"Delete every token of org '{escape_unprintable(org)}'?", abort=True)
     count = tokens.delete_org_tokens(org)
     if count == 0:
-        raise click.ClickException(f"no token for org '{org}'")
-    click.echo(f"deleted {count} token(s) of org {org}")
+        raise click.ClickException(f"no token for org '{escape_unprintable(org)}'")
+    click.echo(f"deleted {count} token(s) of org {escape_unprintable(org)}")
 
 
 def _when(value) -> str:

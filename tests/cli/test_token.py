@@ -91,3 +91,33 @@ def test_delete_org_asks_for_confirmation(runner, app):
     assert result.exit_code == 0
     assert "deleted 1 token" in result.output
     assert db.session.scalar(sa.select(sa.func.count()).select_from(ApiToken)) == 0
+
+
+def test_create_with_an_escape_sequence_in_the_org_is_one_line_and_exit_1(runner, app):
+    result = runner.invoke(args=["token", "create", "\x1b[2Jorg"])
+    assert result.exit_code == 1
+    assert result.output.splitlines() == [
+        "Error: org: must be 1 to 100 printable characters (no control characters)"
+    ]
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(ApiToken)) == 0
+
+
+def test_get_escapes_control_characters_already_stored(runner, app):
+    """Rows written before the check (or by hand) are shown escaped, never raw."""
+    secret = _secret(runner.invoke(args=["token", "create", "evil"]))
+    db.session.execute(
+        sa.update(ApiToken).values(org="evil\x1b[31m", label="line\nbreak\x07", app="a\x1b]0;t\x07")
+    )
+    db.session.commit()
+    result = runner.invoke(args=["token", "get", "evil\x1b[31m"])
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.output and "\x07" not in result.output
+    header, row = result.output.splitlines()
+    assert row.split()[:2] == ["1", "line\\nbreak\\x07"]
+    assert row.split()[4] == "a\\x1b]0;t\\x07"
+    assert secret[:12] in row
+    revoked = runner.invoke(args=["token", "revoke", "1"])
+    assert revoked.output.splitlines() == ["revoked token 1 of org evil\\x1b[31m"]
+    missing = runner.invoke(args=["token", "get", "other\x1b[0m"])
+    assert missing.exit_code == 1
+    assert missing.output.splitlines() == ["Error: no token for org 'other\\x1b[0m'"]
