@@ -8,21 +8,38 @@ from dacc.errors import Forbidden, Unauthorized
 from dacc.tokens import TokenIdentity, authenticate
 
 ENVIRON_KEY = "dacc.token"
+FAILURE_KEY = "dacc.token_failure"
 
 
 def current_token() -> TokenIdentity:
     """The authenticated token of this request; raises Unauthorized without one."""
     # Kept on the request, not on `g`: an app context (and its `g`) may outlive a request.
+    # Both outcomes are kept: the rate limiter asks before the view, which must get the
+    # same answer without a second lookup.
     identity = request.environ.get(ENVIRON_KEY)
     if identity is None:
-        header = request.headers.get("Authorization", "")
-        scheme, _, secret = header.partition(" ")
-        if not header:
-            raise Unauthorized("missing Authorization header (expected 'Bearer <token>')")
-        if scheme.lower() != "bearer" or not secret.strip():
-            raise Unauthorized("malformed Authorization header (expected 'Bearer <token>')")
-        identity = request.environ[ENVIRON_KEY] = authenticate(secret.strip())
+        failure = request.environ.get(FAILURE_KEY)
+        if failure is not None:
+            raise failure
+        try:
+            identity = _authenticate_request()
+        except Exception as exc:
+            request.environ[FAILURE_KEY] = exc
+            raise
+        request.environ[ENVIRON_KEY] = identity
     return identity
+
+
+def _authenticate_request() -> TokenIdentity:
+    """`Bearer <token>`: the scheme in any case, then one or more spaces (RFC 7235's
+    `1*SP`); two Authorization headers (joined by the server with a comma) are refused."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, secret = header.partition(" ")
+    if not header:
+        raise Unauthorized("missing Authorization header (expected 'Bearer <token>')")
+    if scheme.lower() != "bearer" or not secret.strip(" "):
+        raise Unauthorized("malformed Authorization header (expected 'Bearer <token>')")
+    return authenticate(secret.strip(" "))
 
 
 def require_scope(scope: str):
@@ -35,6 +52,7 @@ def require_scope(scope: str):
                 raise Forbidden(f"this token lacks the '{scope}' scope")
             return view(*args, **kwargs)
 
+        wrapper.required_scope = scope  # read by the tests that walk the url_map
         return wrapper
 
     return decorator

@@ -139,11 +139,12 @@ def authenticate(secret: str) -> TokenIdentity:
     if token.expires_at is not None and token.expires_at <= datetime.now(UTC):
         raise Unauthorized("this token has expired")
     identity = TokenIdentity(token.id, token.org, frozenset(token.scopes), token.app)
+    expires_at = token.expires_at  # read before the commit expires it (a reload is a round trip)
     db.session.execute(sa.update(ApiToken).where(ApiToken.id == token.id).values(last_used_at=sa.func.now()))
     db.session.commit()
     ttl = current_app.config["DACC"].token_cache_seconds
-    if token.expires_at is not None:
-        ttl = min(ttl, (token.expires_at - datetime.now(UTC)).total_seconds())
+    if expires_at is not None:
+        ttl = min(ttl, (expires_at - datetime.now(UTC)).total_seconds())
     if ttl > 0:
         cache[digest] = (now + ttl, identity)
     return identity

@@ -48,3 +48,42 @@ def test_rate_limit_is_read_from_the_config(tmp_path):
     )
     config = load_config(environ={}, cwd=tmp_path)
     assert (config.rate_limit, config.rate_limit_storage) == ("1000/minute", "redis://h:6379/0")
+
+
+def test_respelling_the_header_does_not_reset_a_token_s_count(limited, make_token):
+    """The count is the token's, not its header's: case, extra spaces or a bad token
+    in place of a good one never give a fresh allowance."""
+    _, secret = make_token("org")
+    client = limited.test_client()
+    spellings = [f"Bearer {secret}", f"bearer {secret}", f"Bearer   {secret}", f"BEARER {secret}  "]
+    statuses = [client.get("/whoami", headers={"Authorization": h}).status_code for h in spellings]
+    assert statuses == [200, 200, 200, 429]
+
+
+def test_unknown_tokens_are_counted_per_client_address(limited):
+    """Guessing tokens, each guess a new header, still counts against the address."""
+    client = limited.test_client()
+    statuses = [
+        client.get("/whoami", headers={"Authorization": f"Bearer dacc_{n:043d}"}).status_code
+        for n in range(4)
+    ]
+    assert statuses == [401, 401, 401, 429]
+    assert client.get("/whoami").status_code == 429  # the same address, no token
+
+
+def test_each_app_keeps_its_own_limit(session_app, database_url, make_token):
+    """Two apps in one process: each has its limit and its counters; making one does
+    not change the other's."""
+    _, secret = make_token("org")
+    headers = {"Authorization": f"Bearer {secret}"}
+    three = create_app(Config(database_url=database_url, testing=True, source="tests", rate_limit="3/minute"))
+    five = create_app(Config(database_url=database_url, testing=True, source="tests", rate_limit="5/minute"))
+    free = create_app(Config(database_url=database_url, testing=True, source="tests"))
+    with session_app.app_context():
+        assert [three.test_client().get("/whoami", headers=headers).status_code for _ in range(4)] == [
+            200
+        ] * 3 + [429]
+        assert [five.test_client().get("/whoami", headers=headers).status_code for _ in range(6)] == [
+            200
+        ] * 5 + [429]
+        assert {free.test_client().get("/whoami", headers=headers).status_code for _ in range(8)} == {200}
