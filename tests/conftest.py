@@ -21,6 +21,30 @@ KEEP_TABLES = {"alembic_version"}
 CONTRIBUTOR_SECRET = "test-contributor-secret-0123456789abcdef"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def secret_watch():
+    """Every log record of the run, and the served processes' output, searched for every
+    token secret and contributor pseudonym the tests make (tests/secret_watch.py)."""
+    from tests.secret_watch import watching
+
+    with pytest.MonkeyPatch.context() as patch, watching(patch) as watch:
+        watch.add_secret(CONTRIBUTOR_SECRET)
+        yield watch
+        leaks = watch.take_found()
+    assert not leaks, "secrets in logs after the last test:\n" + "\n".join(leaks)
+
+
+@pytest.fixture(autouse=True)
+def no_secret_in_logs(secret_watch):
+    """Fails the test (at its teardown, after every other fixture's) when a secret was
+    logged during it."""
+    yield
+    leaks = secret_watch.take_found()
+    secret_watch.forget_pseudonyms()
+    if leaks:
+        pytest.fail("secrets in logs:\n" + "\n".join(leaks), pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def database_url(tmp_path_factory):
     """A fresh database: on DATABASE_URL's server when set, else on an embedded one."""
@@ -311,10 +335,11 @@ class Served:
 
 
 @pytest.fixture(scope="session")
-def served(tmp_path_factory):
+def served(tmp_path_factory, secret_watch):
     """A Served app with the README's serving options (tests leave it as they found it)."""
     from dacc.serving import GUNICORN_OPTIONS
 
     stack = Served(tmp_path_factory.mktemp("served"), GUNICORN_OPTIONS)
+    secret_watch.watch_output(stack.log_path)
     yield stack
     stack.close()

@@ -55,13 +55,14 @@ class Served:
 
 
 @pytest.fixture
-def served(app, tmp_path):
+def served(app, tmp_path, secret_watch):
     server = Served(tmp_path)
     try:
         _wait_for(lambda: _status(server.port) == 200 and server.workers())
         yield server
     finally:
         server.stop()
+        secret_watch.check_text("".join(server.log), "gunicorn's stderr")
 
 
 @pytest.fixture
