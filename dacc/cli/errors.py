@@ -37,7 +37,7 @@ class InvalidArgument(click.ClickException):
 
 def refuse_undecodable(command: click.Command) -> None:
     """Make `command`, and each command of a group, refuse an argument that is not
-    valid UTF-8 before it runs.
+    valid UTF-8, or holds a NUL character, before it runs.
 
     Python decodes such bytes of argv to lone surrogates (PEP 383), which neither
     PostgreSQL text nor a terminal takes: the command would fail in the middle, with a
@@ -56,6 +56,9 @@ def refuse_undecodable(command: click.Command) -> None:
             for text in value if isinstance(value, (list, tuple)) else (value,):
                 if isinstance(text, str) and not _decodable(text):
                     raise InvalidArgument(f"{_param_name(name)}: not valid UTF-8: {_raw(text)}")
+                if isinstance(text, str) and "\x00" in text:
+                    # Names nothing PostgreSQL text can hold; the driver would raise.
+                    raise InvalidArgument(f"{_param_name(name)}: must not hold NUL characters")
         return callback(*args, **kwargs)
 
     checked._dacc_checks_utf8 = True
@@ -72,7 +75,10 @@ def _decodable(text: str) -> bool:
 
 def _raw(text: str) -> str:
     """The argument's bytes as Python shows them, e.g. b'caf\\xe9'."""
-    return repr(text.encode("utf-8", "surrogateescape"))
+    try:
+        return repr(text.encode("utf-8", "surrogateescape"))
+    except UnicodeEncodeError:  # a surrogate argv decoding never makes (given by a caller)
+        return ascii(text)
 
 
 def _param_name(name: str) -> str:
