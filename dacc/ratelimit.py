@@ -10,11 +10,17 @@ Redis answers again): the limit is a protection, not worth refusing service for.
 
 from __future__ import annotations
 
+import logging
+
 from flask import Flask, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
+from sqlalchemy.exc import SQLAlchemyError
 
+from dacc.auth import current_token
 from dacc.errors import DaccError
+
+log = logging.getLogger(__name__)
 
 EXEMPT_PATHS = ("/status",)
 EXTENSION_KEY = "dacc_limiter"
@@ -23,10 +29,6 @@ REDIS_TIMEOUT_SECONDS = 0.5
 
 
 def _key() -> str:
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from dacc.auth import current_token
-
     if request.headers.get("Authorization"):
         try:
             return f"token:{current_token().id}"
@@ -57,6 +59,8 @@ def init_rate_limit(app: Flask, *, rate_limit: str | None, storage: str) -> None
         headers_enabled=True,
         in_memory_fallback_enabled=True,
     )
+    # Its warnings (Redis unreachable, recovered) go where DACC's records go.
+    limiter.logger = log
     limiter.request_filter(_exempt)
     limiter.init_app(app)
     app.extensions[EXTENSION_KEY] = limiter
