@@ -15,7 +15,7 @@ from dacc.serving import GUNICORN_OPTIONS
 
 
 @pytest.fixture
-def embedded_server(tmp_path):
+def embedded_server(tmp_path, secret_watch):
     """gunicorn on the default embedded database of a fresh folder; (folder, port, env)."""
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
@@ -24,6 +24,7 @@ def embedded_server(tmp_path):
     env["DACC_DATA_DIR"] = str(tmp_path / "pgdata")
     env["FLASK_APP"] = "dacc"
     log = open(tmp_path / "gunicorn.log", "wb")
+    secret_watch.watch_output(tmp_path / "gunicorn.log")
     process = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", *GUNICORN_OPTIONS, "dacc:create_app()"],
         env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,

@@ -57,7 +57,7 @@ def async_commit(app):
 
 
 @pytest.fixture
-def server(app, async_commit, tmp_path):
+def server(app, async_commit, tmp_path, secret_watch):
     """gunicorn serving the app on the test database, on a free loopback port."""
     env = dict(os.environ, DATABASE_URL=database_url(), PYTHONUNBUFFERED="1")
     env.pop("DACC_CONFIG", None)
@@ -101,6 +101,8 @@ def server(app, async_commit, tmp_path):
     finally:
         process.terminate()
         process.wait(20)
+        drain.join(5)
+        secret_watch.check_text("".join(log), "gunicorn's stderr")
 
 
 def _post_all(port, secret, measures, tally, lock):
