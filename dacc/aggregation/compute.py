@@ -384,6 +384,10 @@ def _merge(conn, plan: _Plan, result: AggregationResult, *, force: bool) -> None
             result.refused = conn.execute(
                 sa.text(sql.refuse(list(plan.levels), rebuild=rebuild)), params
             ).rowcount
+    # After a first run, the new rows are few and past the planner's statistics.
+    hashed = state is not None and not all_new
+    if hashed:
+        conn.execute(sa.text(sql.HASH_NEW_ROWS))
     for starred in plan.levels:
         statement = sql.merge(
             starred,
@@ -398,6 +402,8 @@ def _merge(conn, plan: _Plan, result: AggregationResult, *, force: bool) -> None
             result.raw_read = int(row.raw_read)
         result.inserted += row.inserted
         result.updated += row.updated
+    if hashed:
+        conn.execute(sa.text(sql.PLAN_AS_USUAL))
     conn.execute(sa.text(sql.SAVE_STATE), params)
     published = publish_measure(conn, plan.name)
     result.published, result.withheld = published.published, published.withheld
