@@ -41,6 +41,8 @@ class PurgeResult:
     """Aggregates (plain and wildcard cells) whose last_raw_measures_purged was set."""
     not_aggregated: int = 0
     """Candidates not aggregated yet; when > 0 nothing was deleted."""
+    forgotten: int = 0
+    """Contributor state rows deleted (cell_contributor, contributor_quota): see _FORGET."""
     error: str | None = None
     seconds: float = 0.0
 
@@ -97,6 +99,7 @@ _LOCK_STATE = "SELECT 1 FROM aggregation_state WHERE measure_name = :name FOR SH
 #   it cannot push it off that index.
 # - The delete goes by ctid (a TID scan): no join against the whole table.
 # - :purged_at is the same for every batch of a run, so a cell is stamped once per run.
+# - {forget}: what the stamped cells' contributor state no longer needs (see _FORGET).
 _DELETE_BATCH = f"""
 WITH batch AS (
     SELECT ctid, last_updated, start_date, txid
@@ -131,13 +134,61 @@ WITH batch AS (
       AND (a.group2 IS NOT DISTINCT FROM c.group2 OR a.group2 = CAST(:wild2 AS jsonb))
       AND (a.group3 IS NOT DISTINCT FROM c.group3 OR a.group3 = CAST(:wild3 AS jsonb))
       AND a.last_raw_measures_purged IS DISTINCT FROM :purged_at
-    RETURNING a.id
-)
+    RETURNING a.start_date, a.created_by, a.group1, a.group2, a.group3
+){{forget}}
 SELECT (SELECT count(*) FROM batch) AS selected,
        (SELECT count(*) FROM gone) AS deleted,
        (SELECT count(*) FROM stamped) AS stamped,
-       (SELECT max(last_updated) FROM batch) AS last_ts
+       (SELECT max(last_updated) FROM batch) AS last_ts,
+       {{forgotten}} AS forgotten
 """
+# Contributor state of a quartile measure's stamped cells. The aggregation refuses
+# every later raw measure of a stamped cell, on every level (aggregation.sql.REFUSE):
+# no merge will read the cell's contributor hashes again, nor will a quota of it ever
+# let a measure count. Both go in the batch that stamps the cell (atomic with the
+# stamp: a run that merged into the cell from an older snapshot fails to update the
+# stamped row and is retried, then refused). `contributors` keeps the cell's exact count.
+# A measure without quartiles merges late measures into stamped cells, so its hashes
+# and quotas stay: they are what keeps k and the cap exact. {same_cell}: the cell key
+# as index conditions of the two tables' unique indexes (a group the definition has no
+# key for is NULL).
+_FORGET = """, contributors_forgotten AS (
+    DELETE FROM cell_contributor k
+    USING stamped c
+    WHERE k.measure_name = :name
+      AND k.start_date = c.start_date
+      AND k.created_by = c.created_by
+      AND {same_cell}
+    RETURNING 1
+), quotas_forgotten AS (
+    DELETE FROM contributor_quota k
+    USING stamped c
+    WHERE k.measure_name = :name
+      AND k.start_date = c.start_date
+      AND k.created_by = c.created_by
+      AND {same_cell}
+    RETURNING 1
+)"""
+_FORGOTTEN = "(SELECT count(*) FROM contributors_forgotten) + (SELECT count(*) FROM quotas_forgotten)"
+# A definition without maxContributionsPerCell counts no quota: its rows are left from
+# a cap since removed (a cap set again counts from then on, as ingestion without a cap
+# counts nothing).
+_UNCAPPED_QUOTAS = """
+DELETE FROM contributor_quota
+WHERE measure_name = :name
+  AND NOT EXISTS (SELECT 1 FROM measure_definition d
+                  WHERE d.name = :name AND d.max_contributions_per_cell IS NOT NULL)
+"""
+
+
+def _delete_batch_statement(definition: MeasureDefinition) -> str:
+    if not definition.with_quartiles:
+        return _DELETE_BATCH.format(forget="", forgotten="0")
+    keys = (definition.group1_key, definition.group2_key, definition.group3_key)
+    same_cell = "\n      AND ".join(
+        f"k.group{i} = c.group{i}" if key else f"k.group{i} IS NULL" for i, key in enumerate(keys, 1)
+    )
+    return _DELETE_BATCH.format(forget=_FORGET.format(same_cell=same_cell), forgotten=_FORGOTTEN)
 
 
 @recorded_run("purge")
@@ -155,7 +206,10 @@ def purge_raw_measures(
     aggregated yet, nothing is deleted and the result is `refused`. Otherwise rows go in
     batches of `batch_size`, each one transaction that also stamps the aggregates that
     lost rows; a purge stopped between batches leaves a consistent state and a re-run
-    finishes it. measureId tombstones (measure_key) are never touched. `on_batch` is
+    finishes it. measureId tombstones (measure_key) are never touched. Contributor
+    state goes where no later measure can use it: the hashes and quotas of a quartile
+    measure's stamped cells, with the stamp (_FORGET), and the quotas of a definition
+    without a cap. `on_batch` is
     called with the running result after each committed batch.
     Raises NotFound for an unknown name, BadRequest for days < 1.
     """
@@ -178,10 +232,15 @@ def purge_raw_measures(
         log.warning("purge %s: %s", result.measure_name, result.status)
         result.seconds = time.monotonic() - started
         return result
+    if definition.max_contributions_per_cell is None:
+        result.forgotten += db.session.execute(sa.text(_UNCAPPED_QUOTAS), params).rowcount
+        db.session.commit()
+    statement = sa.text(_delete_batch_statement(definition))
     while True:
-        batch = _delete_batch(params)
+        batch = _delete_batch(statement, params)
         result.deleted += batch.deleted
         result.stamped += batch.stamped
+        result.forgotten += batch.forgotten
         if batch.deleted and on_batch:
             on_batch(result)
         # A short batch reached the cut-off; an empty delete means that only rows
@@ -191,10 +250,11 @@ def purge_raw_measures(
         params["after_ts"] = batch.last_ts
     result.seconds = time.monotonic() - started
     log.info(
-        "purge %s: %d rows deleted, %d aggregates stamped in %.1f s",
+        "purge %s: %d rows deleted, %d aggregates stamped, %d contributor rows forgotten in %.1f s",
         result.measure_name,
         result.deleted,
         result.stamped,
+        result.forgotten,
         result.seconds,
     )
     return result
@@ -272,11 +332,11 @@ def _lift_statement_timeout() -> None:
     db.session.execute(sa.text("SET LOCAL statement_timeout = 0"))
 
 
-def _delete_batch(params: dict):
+def _delete_batch(statement, params: dict):
     _lift_statement_timeout()
     try:
         db.session.execute(sa.text(_LOCK_STATE), {"name": params["name"]})
-        batch = db.session.execute(sa.text(_DELETE_BATCH), params).one()
+        batch = db.session.execute(statement, params).one()
     except BaseException:
         db.session.rollback()
         raise

@@ -35,6 +35,13 @@ class Aggregate(db.Model):
         ),
         # Publication finds the cells a run touched since the previous publication.
         sa.Index("ix_aggregate_name_last_updated", "measure_name", "last_updated"),
+        # The cells a purge stamped, few or none: whether a run of a quartile measure must
+        # refuse late measures reads this, not every cell of the measure.
+        sa.Index(
+            "ix_aggregate_purged",
+            "measure_name",
+            postgresql_where=sa.text("last_raw_measures_purged IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
