@@ -22,6 +22,7 @@ from dacc.definitions import DefinitionRules, get_definition_rules
 from dacc.errors import BadRequest, Conflict, Forbidden
 from dacc.measure_writer import MeasureWriter
 from dacc.models.definitions import ANY_WRITER, KEY_LENGTH, NAME_LENGTH
+from dacc.models.measures import CELL_KEY_HASH, CURRENT_XID_SQL
 from dacc.validation import FUTURE_TOLERANCE, shown
 
 log = logging.getLogger(__name__)
@@ -280,7 +281,15 @@ _RAW_VALUES = (
     ":measure_name, :value, :start_date, :created_by,"
     " CAST(:group1 AS jsonb), CAST(:group2 AS jsonb), CAST(:group3 AS jsonb), :contributor"
 )
-_CELL_COLUMNS = "measure_name, start_date, created_by, group1, group2, group3, contributor"
+_QUOTA_KEY = "measure_name, start_date, cell_key, contributor"
+"""contributor_quota's unique key: the cell as its period and CELL_KEY_HASH."""
+_PARAM_CELL = (
+    "(SELECT CAST(:created_by AS text) AS created_by, CAST(:group1 AS jsonb) AS group1,"
+    " CAST(:group2 AS jsonb) AS group2, CAST(:group3 AS jsonb) AS group3) AS p"
+)
+"""One measure's cell key, as a row `p` that CELL_KEY_HASH can read."""
+_PARAM_CELL_KEY = CELL_KEY_HASH.format(t="p.")
+_STAGED_CELL_KEY = CELL_KEY_HASH.format(t="k.")
 
 _INSERT = sa.text(f"INSERT INTO raw_measure ({_RAW_COLUMNS}) VALUES ({_RAW_VALUES})")
 
@@ -306,11 +315,10 @@ _INSERT_KEYED = sa.text(
 _INSERT_CAPPED = """
 WITH new_key AS ({new_key}),
 counted AS (
-    INSERT INTO contributor_quota AS q ({cell_columns}, contributions)
-    SELECT :measure_name, :start_date, :created_by, CAST(:group1 AS jsonb),
-           CAST(:group2 AS jsonb), CAST(:group3 AS jsonb), :contributor, 1
-    FROM new_key
-    ON CONFLICT ({cell_columns}) DO UPDATE SET contributions = q.contributions + 1
+    INSERT INTO contributor_quota AS q ({quota_key}, contributions)
+    SELECT :measure_name, :start_date, {cell_key}, :contributor, 1
+    FROM new_key, {cell}
+    ON CONFLICT ({quota_key}) DO UPDATE SET contributions = q.contributions + 1
     WHERE q.contributions < :cap
     RETURNING 1
 ),
@@ -321,12 +329,22 @@ SELECT (SELECT count(*) FROM new_key) AS new_key, (SELECT count(*) FROM stored) 
 """
 _INSERT_CAPPED_KEYED = sa.text(
     _INSERT_CAPPED.format(
-        new_key=_NEW_KEY, cell_columns=_CELL_COLUMNS, raw_columns=_RAW_COLUMNS, raw_values=_RAW_VALUES
+        new_key=_NEW_KEY,
+        quota_key=_QUOTA_KEY,
+        cell_key=_PARAM_CELL_KEY,
+        cell=_PARAM_CELL,
+        raw_columns=_RAW_COLUMNS,
+        raw_values=_RAW_VALUES,
     )
 )
 _INSERT_CAPPED_UNKEYED = sa.text(
     _INSERT_CAPPED.format(
-        new_key="SELECT 1", cell_columns=_CELL_COLUMNS, raw_columns=_RAW_COLUMNS, raw_values=_RAW_VALUES
+        new_key="SELECT 1",
+        quota_key=_QUOTA_KEY,
+        cell_key=_PARAM_CELL_KEY,
+        cell=_PARAM_CELL,
+        raw_columns=_RAW_COLUMNS,
+        raw_values=_RAW_VALUES,
     )
 )
 
@@ -350,15 +368,15 @@ WITH new_key AS (
     SELECT * FROM measure_staging s
     WHERE s.measure_id IS NULL OR (s.measure_name, s.org, s.measure_id) IN (SELECT * FROM new_key)
 ), asked AS (
-    SELECT k.measure_name, k.start_date, k.created_by, k.group1, k.group2, k.group3,
-           k.contributor, count(*) AS n, min(d.max_contributions_per_cell) AS cap
+    SELECT k.measure_name, k.start_date, {_STAGED_CELL_KEY} AS cell_key, k.contributor,
+           count(*) AS n, min(d.max_contributions_per_cell) AS cap
     FROM kept k JOIN measure_definition d ON d.name = k.measure_name
     WHERE k.contributor IS NOT NULL AND d.max_contributions_per_cell IS NOT NULL
-    GROUP BY 1, 2, 3, 4, 5, 6, 7
+    GROUP BY 1, 2, 3, 4
 ), counted AS (
-    INSERT INTO contributor_quota AS q ({_CELL_COLUMNS}, contributions)
-    SELECT {_CELL_COLUMNS}, n FROM asked WHERE n <= cap
-    ON CONFLICT ({_CELL_COLUMNS}) DO UPDATE SET contributions = q.contributions + EXCLUDED.contributions
+    INSERT INTO contributor_quota AS q ({_QUOTA_KEY}, contributions)
+    SELECT {_QUOTA_KEY}, n FROM asked WHERE n <= cap
+    ON CONFLICT ({_QUOTA_KEY}) DO UPDATE SET contributions = q.contributions + EXCLUDED.contributions
     WHERE q.contributions + EXCLUDED.contributions <= (
         SELECT d.max_contributions_per_cell FROM measure_definition d WHERE d.name = q.measure_name)
     RETURNING 1
@@ -370,6 +388,32 @@ WITH new_key AS (
 SELECT (SELECT count(*) FROM stored) AS inserted,
        (SELECT count(*) FROM asked) AS asked,
        (SELECT count(*) FROM counted) AS counted
+""")
+
+# A capped body without measureIds goes straight into raw_measure by COPY; its quotas
+# are then counted from the rows this transaction wrote (ix_raw_measure_name_txid),
+# with the rule of _INSERT_STAGED, instead of staging the rows first and copying them
+# over (a second write of every row). The caps are bound (:names, :caps, as the
+# one-measure path binds :cap), not read per row from measure_definition.
+_COUNT_COPIED = sa.text(f"""
+WITH caps AS (
+    SELECT * FROM unnest(CAST(:names AS text[]), CAST(:caps AS int[])) AS c(name, cap)
+), asked AS (
+    SELECT k.measure_name, k.start_date, {_STAGED_CELL_KEY} AS cell_key, k.contributor,
+           count(*) AS n, min(c.cap) AS cap
+    FROM raw_measure k JOIN caps c ON c.name = k.measure_name
+    WHERE k.measure_name = ANY (CAST(:names AS text[]))
+      AND k.txid = {CURRENT_XID_SQL}
+      AND k.contributor IS NOT NULL
+    GROUP BY 1, 2, 3, 4
+), counted AS (
+    INSERT INTO contributor_quota AS q ({_QUOTA_KEY}, contributions)
+    SELECT {_QUOTA_KEY}, n FROM asked WHERE n <= cap
+    ON CONFLICT ({_QUOTA_KEY}) DO UPDATE SET contributions = q.contributions + EXCLUDED.contributions
+    WHERE q.contributions + EXCLUDED.contributions <= (SELECT c.cap FROM caps c WHERE c.name = q.measure_name)
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM asked) AS asked, (SELECT count(*) FROM counted) AS counted
 """)
 
 _BATCH_FIELDS = ("measure_name", "value", "start_date", "created_by", "contributor", "measure_id")
@@ -532,27 +576,31 @@ def store_measures(measures: list[Measure]) -> RecordResult:
     its cap."""
     keyed = any(m.measure_id is not None for m in measures)
     with_contributor = {m.measure_name for m in measures if m.contributor is not None}
-    capped = any(_max_contributions(name) is not None for name in with_contributor)
-    staged = keyed or capped
-    lines = _copy_lines(measures, staged)
+    caps = {name: _max_contributions(name) for name in sorted(with_contributor)}
+    capped = {name: cap for name, cap in caps.items() if cap is not None}
+    lines = _copy_lines(measures, keyed)
     duplicates = len(measures) - len(lines)
     if not lines:
         return RecordResult(0, duplicates)
     data = io.StringIO("".join(lines))
-    if staged:
+    if keyed:
         db.session.execute(_CREATE_STAGING)
         _copy(f"COPY measure_staging {_COPY_COLUMNS}, org, measure_id) FROM STDIN", data)
         inserted, asked, counted = db.session.execute(_INSERT_STAGED).one()
-        if counted < asked:
-            db.session.rollback()
-            raise Conflict(
-                f"{asked - counted} contributor(s) would pass the maxContributionsPerCell of"
-                " their cell; nothing stored"
-            )
     else:
-        # Without ids or caps nothing can clash: straight into the table.
+        # Without ids nothing can clash: straight into the table.
         _copy(f"COPY raw_measure {_COPY_COLUMNS}) FROM STDIN", data)
         inserted = len(lines)
+        asked = counted = 0
+        if capped:
+            params = {"names": list(capped), "caps": list(capped.values())}
+            asked, counted = db.session.execute(_COUNT_COPIED, params).one()
+    if counted < asked:
+        db.session.rollback()
+        raise Conflict(
+            f"{asked - counted} contributor(s) would pass the maxContributionsPerCell of"
+            " their cell; nothing stored"
+        )
     db.session.commit()
     duplicates += len(lines) - inserted
     log.debug("stored %d measures (%d duplicates)", inserted, duplicates)

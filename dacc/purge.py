@@ -17,6 +17,7 @@ from dacc.aggregation.snapshot import SEEN_BY_LAST_RUN
 from dacc.db import db
 from dacc.errors import BadRequest, DaccError, error_message
 from dacc.models import MeasureDefinition
+from dacc.models.measures import CELL_KEY_HASH
 from dacc.runs import recorded_run
 
 log = logging.getLogger(__name__)
@@ -150,8 +151,9 @@ SELECT (SELECT count(*) FROM batch) AS selected,
 # stamped row and is retried, then refused). `contributors` keeps the cell's exact count.
 # A measure without quartiles merges late measures into stamped cells, so its hashes
 # and quotas stay: they are what keeps k and the cap exact. {same_cell}: the cell key
-# as index conditions of the two tables' unique indexes (a group the definition has no
-# key for is NULL).
+# as index conditions of cell_contributor's unique index (a group the definition has
+# no key for is NULL); a quota's cell is its CELL_KEY_HASH ({cell_key}), of plain cells
+# only.
 _FORGET = """, contributors_forgotten AS (
     DELETE FROM cell_contributor k
     USING stamped c
@@ -165,8 +167,10 @@ _FORGET = """, contributors_forgotten AS (
     USING stamped c
     WHERE k.measure_name = :name
       AND k.start_date = c.start_date
-      AND k.created_by = c.created_by
-      AND {same_cell}
+      AND k.cell_key = {cell_key}
+      AND coalesce(c.group1 <> CAST(:wild1 AS jsonb), TRUE)
+      AND coalesce(c.group2 <> CAST(:wild2 AS jsonb), TRUE)
+      AND coalesce(c.group3 <> CAST(:wild3 AS jsonb), TRUE)
     RETURNING 1
 )"""
 _FORGOTTEN = "(SELECT count(*) FROM contributors_forgotten) + (SELECT count(*) FROM quotas_forgotten)"
@@ -188,7 +192,8 @@ def _delete_batch_statement(definition: MeasureDefinition) -> str:
     same_cell = "\n      AND ".join(
         f"k.group{i} = c.group{i}" if key else f"k.group{i} IS NULL" for i, key in enumerate(keys, 1)
     )
-    return _DELETE_BATCH.format(forget=_FORGET.format(same_cell=same_cell), forgotten=_FORGOTTEN)
+    forget = _FORGET.format(same_cell=same_cell, cell_key=CELL_KEY_HASH.format(t="c."))
+    return _DELETE_BATCH.format(forget=forget, forgotten=_FORGOTTEN)
 
 
 @recorded_run("purge")

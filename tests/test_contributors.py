@@ -3,6 +3,7 @@ largest values, and maxContributionsPerCell."""
 
 import hashlib
 import hmac
+import json
 import os
 import random
 import threading
@@ -16,6 +17,7 @@ from dacc.contributors import SECRET_FILE, hash_contributor, init_contributor_ke
 from dacc.db import db
 from dacc.ingestion import record_measure, record_measures
 from dacc.models import ContributorQuota, RawMeasure
+from dacc.models.measures import CELL_KEY_HASH
 from dacc.purge import purge_raw_measures
 from tests.conftest import CONTRIBUTOR_SECRET
 
@@ -25,6 +27,21 @@ def body(value=1, group="x", contributor=None, day="2022-01-01", **extra):
     if contributor is not None:
         item["contributor"] = contributor
     return {**item, **extra}
+
+
+def cell_key(created_by, group1, group2=None, group3=None) -> int:
+    """The cell's CELL_KEY_HASH, as contributor_quota keys it."""
+    return db.session.execute(
+        sa.text(
+            f"SELECT {CELL_KEY_HASH.format(t='c.')} FROM (SELECT CAST(:created_by AS text) AS created_by,"
+            " CAST(:group1 AS jsonb) AS group1, CAST(:group2 AS jsonb) AS group2,"
+            " CAST(:group3 AS jsonb) AS group3) AS c"
+        ),
+        {
+            "created_by": created_by,
+            **{f"group{i}": json.dumps(g) if g else None for i, g in enumerate((group1, group2, group3), 1)},
+        },
+    ).scalar()
 
 
 def cells(name="m"):
@@ -182,14 +199,13 @@ def test_over_the_cap_a_contributor_is_refused_with_409(client, make_definition,
     )
     assert response.status_code == 409
     assert db.session.scalar(sa.select(sa.func.count()).select_from(RawMeasure)) == 9
-    quotas = dict(
-        db.session.execute(
-            sa.select(
-                ContributorQuota.group1["g1"].astext, sa.func.sum(ContributorQuota.contributions)
-            ).group_by(ContributorQuota.group1["g1"].astext)
-        ).all()
-    )
-    assert quotas == {"x": 6, "y": 2}
+    keys = {cell_key("app", {"g1": g}): g for g in ("x", "y")}
+    quotas = db.session.execute(
+        sa.select(ContributorQuota.cell_key, sa.func.sum(ContributorQuota.contributions)).group_by(
+            ContributorQuota.cell_key
+        )
+    ).all()
+    assert {keys[key]: n for key, n in quotas} == {"x": 6, "y": 2}
 
 
 def test_the_cap_holds_under_concurrent_writers(app, make_definition):

@@ -9,6 +9,7 @@ from dacc.db import db
 from dacc.errors import Conflict
 from dacc.ingestion import record_measure, record_measures
 from dacc.purge import purge_raw_measures
+from tests.test_contributors import cell_key
 
 OLD, YOUNG = "2022-01-01", "2022-01-02"
 
@@ -57,13 +58,14 @@ def hashes():
 
 def quotas():
     """{(day, group1 value): measures counted, all contributors}."""
+    keys = {cell_key("app", {"g1": g}): g for g in ("x", "y")}
     rows = db.session.execute(
         sa.text(
-            "SELECT to_char(start_date, 'YYYY-MM-DD'), group1->>'g1', sum(contributions)"
+            "SELECT to_char(start_date, 'YYYY-MM-DD'), cell_key, sum(contributions)"
             " FROM contributor_quota GROUP BY 1, 2"
         )
     ).all()
-    return {(day, g): n for day, g, n in rows}
+    return {(day, keys[key]): n for day, key, n in rows}
 
 
 def refused() -> int:

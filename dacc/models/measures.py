@@ -13,7 +13,8 @@ from dacc.models.definitions import KEY_LENGTH, NAME_LENGTH
 VALUE_TYPE = sa.Numeric(16, 2)
 """Values keep 2 decimals; |value| < 10**14."""
 
-CURRENT_XID = sa.text("(pg_current_xact_id()::text::bigint)")
+CURRENT_XID_SQL = "(pg_current_xact_id()::text::bigint)"
+CURRENT_XID = sa.text(CURRENT_XID_SQL)
 """The inserting transaction's 64-bit id. Aggregation selects new rows by comparing it
 with the snapshot of its previous run, which (unlike a now() watermark) stays exact when
 transactions commit out of order."""

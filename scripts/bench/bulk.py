@@ -55,7 +55,7 @@ def section_bulk(env: Environment) -> list[Figure]:
                "ceiling: COPY of plain rows; the same COPY, with the contributor hash"),
         Figure("bulk", f"POST /measures + contributors (capped), {BULK_ITEMS:,}-item bodies", measures / named_result.elapsed,
                "measures/s", measures / copy_seconds, "ratio>=0.3",
-               "ceiling: COPY of plain rows; staged COPY + quota upsert per (cell, contributor)"),
+               "ceiling: COPY of plain rows; the same COPY, then a quota upsert per (cell, contributor)"),
         Figure("bulk", f"POST /measures, {BULK_ITEMS:,}-item bodies, 1 conn", measures / result.elapsed, "measures/s",
                measures / copy_seconds, "ratio>=0.3", "ceiling: COPY of the same rows, one transaction per body"),
         Figure("bulk", "POST /measures p50 per body", result.percentile(50), "ms", copy_seconds / len(bodies) * 1000),
