@@ -145,8 +145,9 @@ def check_privacy(name: str | None = None, *, day: datetime | None = None) -> li
 
 def _disclosures(measure, start, app, hierarchy, k) -> list[Disclosure]:
     space = PieceSpace(hierarchy)
-    counts, sums = served_audits(space, hierarchy, k)
-    findings = list({f.pieces: f for f in counts.findings() + sums.findings()}.values())
+    audits = served_audits(space, hierarchy, k)
+    found = audits.counts.findings() + (audits.sums.findings() if audits.sums is not audits.counts else [])
+    findings = list({f.pieces: f for f in found}.values())
     if not findings:
         return []
     vectors = np.array([space.vector((v.g1, v.g2, v.g3), v.epoch) for v in hierarchy.versions], dtype=float)

@@ -34,6 +34,19 @@ MAX_RANK = 4096
 
 
 @dataclasses.dataclass(frozen=True)
+class _Undo:
+    """What one insertion changed: its pivot column and row, the rows it eliminated that
+    column from (their values before, and the factor each took of the new row). A known
+    column (row None): the rows that held it and their values there."""
+
+    pivot: int
+    row: int | None
+    changed: np.ndarray
+    before: np.ndarray
+    factors: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
 class Finding:
     """A set of pieces whose total the served rows give away."""
 
@@ -57,10 +70,31 @@ class Audit:
         self.n_big = int(np.sum(counts >= k))
         self.known = np.zeros(n, dtype=bool)
         """Big pieces served alone (or reduced to one): their totals are public."""
-        self.basis = np.zeros((0, n), dtype=np.int64)
-        self.pivots: list[int] = []
+        self._rows = np.zeros((16, n), dtype=np.int64)
+        """The RREF rows (the first `rank` of them), in a buffer that grows by doubling."""
+        self._pivots = np.zeros(16, dtype=np.int64)
+        self.rank = 0
+        self._last: _Undo | None = None
         self.exempt = {frozenset(int(self.position[p]) for p in s) for s in exempt}
         self.original = order
+
+    @property
+    def basis(self) -> np.ndarray:
+        return self._rows[: self.rank]
+
+    @property
+    def pivots(self) -> np.ndarray:
+        return self._pivots[: self.rank]
+
+    def copy(self) -> Audit:
+        """An independent audit in the same state (the sums' audit forks from the counts'
+        one when a row first hides its sum)."""
+        twin = object.__new__(Audit)
+        twin.__dict__.update(self.__dict__)
+        twin.known = self.known.copy()
+        twin._rows = self._rows.copy()
+        twin._pivots = self._pivots.copy()
+        return twin
 
     # --- building ---------------------------------------------------------------------
 
@@ -70,21 +104,26 @@ class Audit:
 
     def try_add(self, vector) -> bool:
         """Record the version only if no new small set becomes computable; say which."""
+        self._last = None
         reduced = self._reduce(self._columns(vector))
         nonzero = np.flatnonzero(reduced)
         if len(nonzero) == 0:
             return True  # nothing new: already computable from what was served
         if nonzero[0] < self.n_big:
-            self._insert(reduced)  # a new big pivot leaves W as it was
+            self._last = self._insert(reduced)  # a new big pivot leaves W as it was
             return True
-        saved = (self.basis.copy(), list(self.pivots), self.known.copy())
-        j = int(nonzero[0])
-        changed = [i for i in range(len(self.pivots)) if self.basis[i, j] != 0]
-        row = self._insert(reduced)
-        if self._violation(roots=changed + [row], old=saved) is None:
+        undo = self._insert(reduced)
+        if self._violation(undo) is None:
+            self._last = undo
             return True
-        self.basis, self.pivots, self.known = saved
+        self._rollback(undo)
         return False
+
+    def revert_last(self) -> None:
+        """Undo the version the last try_add accepted (the sums' audit refused it)."""
+        if self._last is not None:
+            self._rollback(self._last)
+            self._last = None
 
     def _columns(self, vector) -> np.ndarray:
         v = np.zeros(len(self.counts), dtype=np.int64)
@@ -93,29 +132,53 @@ class Audit:
         return v
 
     def _reduce(self, v: np.ndarray) -> np.ndarray:
-        if self.pivots:
-            v = (v - (v[self.pivots] @ self.basis) % PRIME) % PRIME
+        """v minus its combination of the basis rows (the basis is reduced: each row is
+        zero at the others' pivots, so the coefficients are v's values there). Only the
+        rows with a non-zero coefficient take part: vectors are sparse."""
+        if self.rank:
+            coefficients = v[self.pivots]
+            used = np.flatnonzero(coefficients)
+            if len(used):
+                v = (v - (coefficients[used] @ self.basis[used]) % PRIME) % PRIME
         return v
 
-    def _insert(self, reduced: np.ndarray) -> int | None:
+    def _insert(self, reduced: np.ndarray) -> _Undo | None:
+        """Add a reduced vector to the basis, eliminating its pivot column from the rows
+        that hold it (only those are touched); what the rollback needs to undo it."""
         nonzero = np.flatnonzero(reduced)
         if len(nonzero) == 0:
             return None
         j = int(nonzero[0])
         if len(nonzero) == 1 and j < self.n_big:
             # A big piece alone: its total is known; drop its column from every row.
+            column = self.basis[:, j].copy()
             self.known[j] = True
-            if self.pivots:
-                self.basis[:, j] = 0
-            return None
-        if len(self.pivots) >= MAX_RANK:
+            self.basis[:, j] = 0
+            return _Undo(j, None, np.flatnonzero(column), column[column != 0], None)
+        if self.rank >= MAX_RANK:
             raise OverflowError("audit: hierarchy too large for exact arithmetic")
         row = reduced * pow(int(reduced[j]), PRIME - 2, PRIME) % PRIME
-        if self.pivots:
-            self.basis = (self.basis - np.outer(self.basis[:, j], row) % PRIME) % PRIME
-        self.basis = np.vstack([self.basis, row])
-        self.pivots.append(j)
-        return len(self.pivots) - 1
+        changed = np.flatnonzero(self.basis[:, j]) if self.rank else np.zeros(0, dtype=np.int64)
+        before = self.basis[changed]
+        factors = before[:, j].copy()
+        if len(changed):
+            self._rows[changed] = (before - np.outer(factors, row) % PRIME) % PRIME
+        if self.rank == len(self._rows):
+            self._rows = np.vstack([self._rows, np.zeros_like(self._rows)])
+            self._pivots = np.concatenate([self._pivots, np.zeros_like(self._pivots)])
+        self._rows[self.rank] = row
+        self._pivots[self.rank] = j
+        self.rank += 1
+        return _Undo(j, self.rank - 1, changed, before, factors)
+
+    def _rollback(self, undo: _Undo) -> None:
+        if undo.row is None:  # a known column: give it back
+            self.known[undo.pivot] = False
+            self._rows[undo.changed, undo.pivot] = undo.before
+            return
+        self.rank -= 1
+        self._rows[self.rank] = 0
+        self._rows[undo.changed] = undo.before
 
     # --- searching ----------------------------------------------------------------------
 
@@ -132,20 +195,21 @@ class Audit:
     def _w_rows(self) -> list[int]:
         return [i for i, p in enumerate(self.pivots) if p >= self.n_big]
 
-    def _violation(self, *, roots: list[int], old) -> Finding | None:
-        """A small set computable now but not before the last insertion.
+    def _violation(self, undo: _Undo) -> Finding | None:
+        """A small set computable now but not before the insertion `undo` records.
 
         A new vector of W is a sum of rows of which at least one is new or was changed
-        by the insertion (the others span only what was there before); a sum that the
-        old basis `old` already spans is an old finding, not this candidate's.
+        by the insertion (the others span only what was there before). A total t of the
+        new basis is sum(t[p_i] row_i); the changed rows are their old selves minus
+        factor_i times the new row r, so t was already spanned exactly when its
+        coefficient on r, t[j] - sum(t[p_i] factor_i) over the changed rows, is zero.
         """
-        basis, pivots, _ = old
+        pivots = self.pivots[undo.changed]
 
         def new(total: np.ndarray) -> bool:
-            if not pivots:
-                return True
-            return bool(((total - (total[pivots] @ basis) % PRIME) % PRIME).any())
+            return (int(total[undo.pivot]) - int(total[pivots] @ undo.factors % PRIME)) % PRIME != 0
 
+        roots = [int(r) for r in undo.changed] + [undo.row]
         found = self._search(roots, canonical=False, stop_at_first=True, accept=new)
         if found:
             return found[0]

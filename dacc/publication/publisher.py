@@ -178,7 +178,7 @@ class PieceSpace:
         return int(self.leaf_counts @ covered) == count and not (self.frozen & covered).any()
 
 
-def served_audits(space: PieceSpace, hierarchy: Hierarchy, k: int, *, dominated=None) -> tuple[Audit, Audit]:
+def served_audits(space: PieceSpace, hierarchy: Hierarchy, k: int, *, dominated=None) -> AuditPair:
     """Audits holding every version ever served in the hierarchy: one for counts (every
     served row), one for sums (rows that served their sum). In the sums' audit, the
     pieces of a dominated cell (boolean mask over leaves) weigh 1, as if it were a cell
@@ -195,12 +195,47 @@ def served_audits(space: PieceSpace, hierarchy: Hierarchy, k: int, *, dominated=
     weights = space.piece_counts.copy()
     if dominated is not None and len(space.piece_leaf):
         weights[dominated[space.piece_leaf]] = 1
-    sums = Audit(weights, k, exempt=exempt)
+    # While the two audits would hold the same versions with the same weights, they are
+    # one object (half the work); AuditPair forks them at the first difference.
+    pair = AuditPair(
+        counts, None if np.array_equal(weights, space.piece_counts) else Audit(weights, k, exempt=exempt)
+    )
     for version, vector in zip(hierarchy.versions, vectors):
-        counts.add(vector)
-        if '"sum":' in version.body:
-            sums.add(vector)
-    return counts, sums
+        pair.add(vector, with_sum='"sum":' in version.body)
+    return pair
+
+
+class AuditPair:
+    """The counts' audit (every served row) and the sums' audit (rows serving their sum),
+    shared while they are equal."""
+
+    def __init__(self, counts: Audit, sums: Audit | None):
+        self.counts = counts
+        self._sums = sums
+
+    @property
+    def sums(self) -> Audit:
+        return self.counts if self._sums is None else self._sums
+
+    def add(self, vector, *, with_sum: bool) -> None:
+        if self._sums is None and not with_sum:
+            self._sums = self.counts.copy()
+        self.counts.add(vector)
+        if self._sums is not None and with_sum:
+            self._sums.add(vector)
+
+    def try_add(self, vector, *, with_sum: bool) -> bool:
+        """Both audits accept the version (the sums' one only if it serves its sum)."""
+        if self._sums is None:
+            if with_sum:
+                return self.counts.try_add(vector)
+            self._sums = self.counts.copy()
+        if not self.counts.try_add(vector):
+            return False
+        if with_sum and not self._sums.try_add(vector):
+            self.counts.revert_last()
+            return False
+        return True
 
 
 def shape_of(row, k: int, extremes: str, p_percent) -> str:
@@ -240,7 +275,7 @@ def decide(hierarchy: Hierarchy, definition, epoch: int) -> tuple[list[tuple[int
         groups = (row.g1, row.g2, row.g3)
         if not any(stars_of(groups)) and dominated(row, definition.p_percent):
             mask |= space.coverage.of(groups, (False, False, False))
-    counts, sums = served_audits(space, hierarchy, k, dominated=mask)
+    audits = served_audits(space, hierarchy, k, dominated=mask)
     candidates = []
     for row in hierarchy.rows:
         # k counts distinct contributors (a measure without one is its own).
@@ -261,7 +296,7 @@ def decide(hierarchy: Hierarchy, definition, epoch: int) -> tuple[list[tuple[int
         vector = space.vector(groups, epoch)
         # A row that hides its sum counts as withheld for the sums' audit: a total
         # above it must not give that sum away.
-        if counts.try_add(vector) and (shape in ("counts", "count") or sums.try_add(vector)):
+        if audits.try_add(vector, with_sum=shape not in ("counts", "count")):
             accepted.append((aggregate_id, shape))
         else:
             withheld += 1
