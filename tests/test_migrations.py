@@ -41,3 +41,22 @@ def test_downgrade_to_base_then_upgrade_again(unmigrated_app):
     upgrade()
     names = set(sa.inspect(db.engine).get_table_names())
     assert {"aggregate", "api_token", "measure_definition", "raw_measure"} <= names
+
+
+def test_the_ledger_tables_keep_room_for_in_place_updates(app):
+    """Migration 0009: each publication rewrites these rows; half-free pages let
+    PostgreSQL update them in place."""
+    with db.engine.connect() as conn:
+        options = dict(
+            conn.execute(
+                sa.text(
+                    "SELECT relname, reloptions FROM pg_class"
+                    " WHERE relname IN ('published_cell', 'publication_leaf', 'published_version')"
+                )
+            ).all()
+        )
+    assert options == {
+        "published_cell": ["fillfactor=50"],
+        "publication_leaf": ["fillfactor=50"],
+        "published_version": None,
+    }

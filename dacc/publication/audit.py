@@ -100,12 +100,47 @@ class Audit:
 
     def add(self, vector) -> None:
         """Record a served version (0/1 over pieces), whatever it discloses."""
-        self._insert(self._reduce(self._columns(vector)))
+        columns = self._columns(vector)
+        if not self._known_at_once(columns):
+            self._insert(self._reduce(columns))
+
+    def known_pieces(self) -> np.ndarray:
+        """Boolean mask over pieces (original order): those whose total is known."""
+        return self.known[self.position]
+
+    def unheld_big(self, pieces: np.ndarray) -> np.ndarray:
+        """Boolean mask: which of these pieces are big and held by no row of the basis."""
+        columns = self.position[pieces]
+        free = ~self.basis[:, columns].any(axis=0) if self.rank else np.ones(len(columns), dtype=bool)
+        return (columns < self.n_big) & free
+
+    def mark_known(self, pieces: np.ndarray) -> None:
+        """Record versions that are each one big piece held by no row (pieces in the
+        original order): their totals are known."""
+        columns = self.position[np.asarray(pieces, dtype=np.int64)]
+        assert (columns < self.n_big).all() and not (self.rank and self.basis[:, columns].any())
+        self.known[columns] = True
+
+    def _known_at_once(self, columns: np.ndarray) -> bool:
+        """The common case, without arithmetic: a vector that is one big piece that no
+        row holds (a plain cell's new piece, its older ones known) makes it known."""
+        nonzero = np.flatnonzero(columns)
+        if len(nonzero) != 1 or nonzero[0] >= self.n_big:
+            return False
+        j = int(nonzero[0])
+        if self.rank and self.basis[:, j].any():
+            return False
+        self.known[j] = True
+        self._last = _Undo(j, None, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), None)
+        return True
 
     def try_add(self, vector) -> bool:
         """Record the version only if no new small set becomes computable; say which."""
         self._last = None
-        reduced = self._reduce(self._columns(vector))
+        columns = self._columns(vector)
+        if self._known_at_once(columns):
+            return True
+        reduced = self._reduce(columns)
         nonzero = np.flatnonzero(reduced)
         if len(nonzero) == 0:
             return True  # nothing new: already computable from what was served

@@ -86,7 +86,10 @@ def publish_measure(conn, name: str, *, full: bool = False) -> PublicationResult
             result.withheld += withheld
         if chosen:
             ids, shapes = zip(*chosen)
-            conn.execute(sa.text(sql.PUBLISH), {**params, "ids": list(ids), "shapes": list(shapes)})
+            # Array literals as one text each: thousands of ids bound as ARRAY[...] cost
+            # the planner more than the statement's execution.
+            arrays = {"ids": _array_literal(ids), "shapes": _array_literal(shapes)}
+            conn.execute(sa.text(sql.PUBLISH), {**params, **arrays})
         result.published = len(chosen)
     conn.execute(sa.text(sql.SAVE_STATE), params)
     log.debug(
@@ -97,6 +100,11 @@ def publish_measure(conn, name: str, *, full: bool = False) -> PublicationResult
         result.withheld,
     )
     return result
+
+
+def _array_literal(values) -> str:
+    """PostgreSQL's text form of an array of integers or plain words (shape names)."""
+    return "{" + ",".join(map(str, values)) + "}"
 
 
 def load_hierarchies(conn, params: dict, *, with_rows: bool = True) -> dict[tuple, Hierarchy]:
@@ -158,6 +166,26 @@ class PieceSpace:
         self.piece_epoch = np.array([p.epoch for p in hierarchy.pieces], dtype=np.int64)
         self.piece_counts = np.array([p.count for p in hierarchy.pieces], dtype=np.int64)
         self._covered: dict[tuple, np.ndarray] = {}
+        self.prepare(
+            [(v.g1, v.g2, v.g3) for v in hierarchy.versions] + [(r.g1, r.g2, r.g3) for r in hierarchy.rows]
+        )
+
+    def prepare(self, many) -> None:
+        """Compute the leaves covered by each of these groups at once (one comparison of
+        codes over all leaves, instead of one pass per row)."""
+        todo = [groups for groups in dict.fromkeys(many) if groups not in self._covered]
+        if not todo:
+            return
+        codes = self.coverage.codes
+        wanted = np.array(
+            [[-1 if _is_star(g[i]) else codes[i].get(g[i], -2) for i in range(3)] for g in todo],
+            dtype=np.int64,
+        )
+        leaf_codes = self.coverage.leaf_codes
+        covered = np.ones((len(todo), len(leaf_codes)), dtype=bool)
+        for i in range(3):
+            covered &= (wanted[:, i, None] == -1) | (wanted[:, i, None] == leaf_codes[None, :, i])
+        self._covered.update(zip(todo, covered))
 
     def covered(self, groups) -> np.ndarray:
         found = self._covered.get(groups)
@@ -195,13 +223,23 @@ def served_audits(space: PieceSpace, hierarchy: Hierarchy, k: int, *, dominated=
     weights = space.piece_counts.copy()
     if dominated is not None and len(space.piece_leaf):
         weights[dominated[space.piece_leaf]] = 1
-    # While the two audits would hold the same versions with the same weights, they are
-    # one object (half the work); AuditPair forks them at the first difference.
-    pair = AuditPair(
-        counts, None if np.array_equal(weights, space.piece_counts) else Audit(weights, k, exempt=exempt)
-    )
-    for version, vector in zip(hierarchy.versions, vectors):
-        pair.add(vector, with_sum='"sum":' in version.body)
+    with_sum = [version.with_sum for version in hierarchy.versions]
+    # While the two audits hold the same versions with the same weights, they are one
+    # object (half the work). Versions are only recorded here, whatever they disclose:
+    # what the audits hold is the span of those versions, whatever their order.
+    same = all(with_sum) and np.array_equal(weights, space.piece_counts)
+    pair = AuditPair(counts, None if same else Audit(weights, k, exempt=exempt))
+    # A version that is one big piece (a plain cell's first version, mostly) only makes
+    # that piece known: all such at once, before the others.
+    matrix = np.array(vectors, dtype=bool).reshape(len(vectors), len(space.piece_counts))
+    single = (matrix.sum(axis=1) == 1) & (matrix @ space.piece_counts >= k)
+    pieces = matrix.argmax(axis=1)
+    pair.counts.mark_known(np.unique(pieces[single]))
+    if not same:
+        pair.sums.mark_known(np.unique(pieces[single & np.array(with_sum, dtype=bool)]))
+    for vector, summed, alone in zip(vectors, with_sum, single):
+        if not alone:
+            pair.add(vector, with_sum=summed)
     return pair
 
 
@@ -217,9 +255,11 @@ class AuditPair:
     def sums(self) -> Audit:
         return self.counts if self._sums is None else self._sums
 
+    @property
+    def forked(self) -> bool:
+        return self._sums is not None
+
     def add(self, vector, *, with_sum: bool) -> None:
-        if self._sums is None and not with_sum:
-            self._sums = self.counts.copy()
         self.counts.add(vector)
         if self._sums is not None and with_sum:
             self._sums.add(vector)
@@ -271,7 +311,7 @@ def decide(hierarchy: Hierarchy, definition, epoch: int) -> tuple[list[tuple[int
     k = definition.k
     space = PieceSpace(hierarchy)
     mask = np.zeros(len(space.leaf_counts), dtype=bool)
-    for row in hierarchy.rows:
+    for row in hierarchy.rows if definition.p_percent is not None else ():
         groups = (row.g1, row.g2, row.g3)
         if not any(stars_of(groups)) and dominated(row, definition.p_percent):
             mask |= space.coverage.of(groups, (False, False, False))
@@ -287,8 +327,12 @@ def decide(hierarchy: Hierarchy, definition, epoch: int) -> tuple[list[tuple[int
         stars = sum(stars_of(groups))
         candidates.append((stars, row.served is None, [g or "" for g in groups], row.id, groups, row))
     candidates.sort(key=lambda c: c[:4])
+    settled = _new_pieces_of_plain_cells(space, audits, candidates, definition, epoch)
     accepted, withheld = [], 0
     for _, _, _, aggregate_id, groups, row in candidates:
+        if aggregate_id in settled:
+            accepted.append((aggregate_id, settled[aggregate_id]))
+            continue
         if not space.consistent(groups, row.count):
             withheld += 1
             continue
@@ -301,3 +345,31 @@ def decide(hierarchy: Hierarchy, definition, epoch: int) -> tuple[list[tuple[int
         else:
             withheld += 1
     return accepted, withheld
+
+
+def _new_pieces_of_plain_cells(space: PieceSpace, audits: AuditPair, candidates, definition, epoch) -> dict:
+    """{aggregate id: shape} of the plain cells the audit accepts without arithmetic, all
+    at once: the cell's version is, beyond pieces already known, one big piece that no
+    served row holds (typically: its previous version was served and it gained k or
+    more). Serving it only makes that piece known. Plain cells come first in the order
+    of decision and cover disjoint pieces, and such a piece is in no row of the audit,
+    so no decision before or between them changes this one: taking them together
+    decides as the one-by-one loop would."""
+    if audits.forked:
+        return {}
+    k, audit = definition.k, audits.counts
+    plain = [
+        (aggregate_id, groups, row)
+        for stars, _, _, aggregate_id, groups, row in candidates
+        if stars == 0 and space.consistent(groups, row.count)
+    ]
+    shapes = [shape_of(row, k, definition.extremes, definition.p_percent) for _, _, row in plain]
+    plain = [(c, shape) for c, shape in zip(plain, shapes) if shape in ("full", "no_extremes")]
+    if not plain or not len(space.piece_counts):
+        return {}
+    vectors = np.array([space.vector(groups, epoch) for (_, groups, _), _ in plain], dtype=bool)
+    remaining = vectors & ~audit.known_pieces()[None, :]
+    pieces = remaining.argmax(axis=1)
+    alone = (remaining.sum(axis=1) == 1) & audit.unheld_big(pieces)
+    audit.mark_known(pieces[alone])
+    return {aggregate_id: shape for ((aggregate_id, _, _), shape), ok in zip(plain, alone) if ok}

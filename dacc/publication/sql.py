@@ -194,7 +194,7 @@ VERSIONS = (
     """
 SELECT a.start_date, a.created_by, """
     + GROUP_TEXT
-    + """, a.version, a.epoch, a.contributions, a.body
+    + """, a.version, a.epoch, a.contributions, strpos(a.body, '"sum":') > 0 AS with_sum
 FROM published_version a
 """
     + SCOPE_JOIN.format(t="a")
@@ -237,11 +237,11 @@ LEFT JOIN served p ON """
 PUBLISH = (
     """
 WITH chosen AS (
+    -- One primary-key probe per chosen id (LATERAL: no plan over the whole table, and
+    -- no planning over a constant array of every id).
     SELECT a.*, c.shape
-    FROM aggregate a
-    JOIN unnest(CAST(:ids AS bigint[]), CAST(:shapes AS text[])) AS c (id, shape) ON c.id = a.id
-    -- An index condition on the primary key: the planner cannot see through unnest.
-    WHERE a.measure_name = :name AND a.id = ANY (CAST(:ids AS bigint[]))
+    FROM unnest(CAST(:ids AS bigint[]), CAST(:shapes AS text[])) AS c (id, shape)
+    CROSS JOIN LATERAL (SELECT * FROM aggregate a WHERE a.id = c.id AND a.measure_name = :name) a
 ), shaped AS (
     -- What each row shows, rounded as served: the magnitude rules null fields out.
     SELECT measure_name, start_date, created_by, group1, group2, group3, count,
