@@ -121,6 +121,32 @@ class Audit:
         assert (columns < self.n_big).all() and not (self.rank and self.basis[:, columns].any())
         self.known[columns] = True
 
+    def add_rows(self, vectors: np.ndarray, pivots: np.ndarray) -> None:
+        """Record versions (0/1 rows over pieces) each holding its pivot piece: a big
+        piece that no row of the basis holds nor any other of these versions. Reduced
+        together (no row holds another's pivot) and appended with those pivots."""
+        columns = self.position[np.asarray(pivots, dtype=np.int64)]
+        assert (columns < self.n_big).all() and not (self.rank and self.basis[:, columns].any())
+        rows = np.zeros((len(vectors), len(self.counts)), dtype=np.int64)
+        rows[:, self.position] = vectors
+        rows[:, self.known] = 0
+        if self.rank:
+            which, basis_rows = np.nonzero(rows[:, self.pivots])
+            np.subtract.at(rows, which, self.basis[basis_rows])  # each coefficient is 1
+            rows %= PRIME
+        assert (rows[np.arange(len(rows)), columns] == 1).all()
+        if self.rank + len(rows) > MAX_RANK:
+            raise OverflowError("audit: hierarchy too large for exact arithmetic")
+        while self.rank + len(rows) > len(self._rows):
+            self._grow()
+        self._rows[self.rank : self.rank + len(rows)] = rows
+        self._pivots[self.rank : self.rank + len(rows)] = columns
+        self.rank += len(rows)
+
+    def _grow(self) -> None:
+        self._rows = np.vstack([self._rows, np.zeros_like(self._rows)])
+        self._pivots = np.concatenate([self._pivots, np.zeros_like(self._pivots)])
+
     def _known_at_once(self, columns: np.ndarray) -> bool:
         """The common case, without arithmetic: a vector that is one big piece that no
         row holds (a plain cell's new piece, its older ones known) makes it known."""
@@ -199,8 +225,7 @@ class Audit:
         if len(changed):
             self._rows[changed] = (before - np.outer(factors, row) % PRIME) % PRIME
         if self.rank == len(self._rows):
-            self._rows = np.vstack([self._rows, np.zeros_like(self._rows)])
-            self._pivots = np.concatenate([self._pivots, np.zeros_like(self._pivots)])
+            self._grow()
         self._rows[self.rank] = row
         self._pivots[self.rank] = j
         self.rank += 1

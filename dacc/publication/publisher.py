@@ -234,9 +234,9 @@ def served_audits(space: PieceSpace, hierarchy: Hierarchy, k: int, *, dominated=
     matrix = np.array(vectors, dtype=bool).reshape(len(vectors), len(space.piece_counts))
     single = (matrix.sum(axis=1) == 1) & (matrix @ space.piece_counts >= k)
     pieces = matrix.argmax(axis=1)
-    pair.counts.mark_known(np.unique(pieces[single]))
+    pair.counts.mark_known(pieces[single])
     if not same:
-        pair.sums.mark_known(np.unique(pieces[single & np.array(with_sum, dtype=bool)]))
+        pair.sums.mark_known(pieces[single & np.array(with_sum, dtype=bool)])
     for vector, summed, alone in zip(vectors, with_sum, single):
         if not alone:
             pair.add(vector, with_sum=summed)
@@ -348,14 +348,18 @@ def decide(hierarchy: Hierarchy, definition, epoch: int) -> tuple[list[tuple[int
 
 
 def _new_pieces_of_plain_cells(space: PieceSpace, audits: AuditPair, candidates, definition, epoch) -> dict:
-    """{aggregate id: shape} of the plain cells the audit accepts without arithmetic, all
-    at once: the cell's version is, beyond pieces already known, one big piece that no
-    served row holds (typically: its previous version was served and it gained k or
-    more). Serving it only makes that piece known. Plain cells come first in the order
-    of decision and cover disjoint pieces, and such a piece is in no row of the audit,
-    so no decision before or between them changes this one: taking them together
-    decides as the one-by-one loop would."""
-    if audits.forked:
+    """{aggregate id: shape} of the plain cells accepted together, without a search:
+    those whose new version holds a piece of this epoch that is big and in no row of
+    the audit (typically: the cell gained k or more). Its reduced vector then has a big
+    pivot (that piece), which leaves the small sets computable as they were: the loop
+    would accept it too. Beyond pieces already known, a version that is that piece
+    alone only makes it known; the others become rows with that piece as pivot.
+
+    Plain cells come first in the order of decision and cover disjoint pieces, and
+    each such piece is in no row but its own cell's: no decision before or between them
+    changes another's, so taking them together gives the audit the same span as the
+    one-by-one loop (only the choice of pivots may differ)."""
+    if audits.forked or not len(space.piece_counts):
         return {}
     k, audit = definition.k, audits.counts
     plain = [
@@ -365,11 +369,16 @@ def _new_pieces_of_plain_cells(space: PieceSpace, audits: AuditPair, candidates,
     ]
     shapes = [shape_of(row, k, definition.extremes, definition.p_percent) for _, _, row in plain]
     plain = [(c, shape) for c, shape in zip(plain, shapes) if shape in ("full", "no_extremes")]
-    if not plain or not len(space.piece_counts):
+    if not plain:
         return {}
     vectors = np.array([space.vector(groups, epoch) for (_, groups, _), _ in plain], dtype=bool)
+    newest = vectors & (space.piece_epoch == epoch)[None, :]
+    pieces = newest.argmax(axis=1)
+    usable = newest.any(axis=1) & audit.unheld_big(pieces)
     remaining = vectors & ~audit.known_pieces()[None, :]
-    pieces = remaining.argmax(axis=1)
-    alone = (remaining.sum(axis=1) == 1) & audit.unheld_big(pieces)
+    alone = usable & (remaining.sum(axis=1) == 1)
     audit.mark_known(pieces[alone])
-    return {aggregate_id: shape for ((aggregate_id, _, _), shape), ok in zip(plain, alone) if ok}
+    rows = usable & ~alone
+    if rows.any():
+        audit.add_rows(remaining[rows], pieces[rows])
+    return {aggregate_id: shape for ((aggregate_id, _, _), shape), ok in zip(plain, usable) if ok}
