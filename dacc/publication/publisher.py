@@ -80,6 +80,7 @@ def publish_measure(conn, name: str, *, full: bool = False) -> PublicationResult
         params["apps"] = [s.created_by for s in scope]
         conn.execute(sa.text(sql.UPDATE_LEAVES), params)
         chosen = []
+        params["values"] = definition.p_percent is not None
         for hierarchy in load_hierarchies(conn, params).values():
             accepted, withheld = decide(hierarchy, definition, params["epoch"])
             chosen += accepted
@@ -113,9 +114,10 @@ def load_hierarchies(conn, params: dict, *, with_rows: bool = True) -> dict[tupl
     parts = [("leaves", sql.LEAVES), ("pieces", sql.PIECES), ("versions", sql.VERSIONS)]
     if with_rows:
         parts.append(("rows", sql.CANDIDATES))
+    keys = list(zip(params["starts"], params["apps"]))
     for attribute, statement in parts:
         for row in conn.execute(sa.text(statement), params):
-            getattr(found[(row.start_date, row.created_by)], attribute).append(row)
+            getattr(found[keys[row.h - 1]], attribute).append(row)
     return found
 
 
@@ -123,15 +125,14 @@ class Coverage:
     """Which plain cells (leaves) each row covers, from the groups' JSON texts."""
 
     def __init__(self, leaves):
-        self.codes: list[dict[str | None, int]] = [{}, {}, {}]
-        self.leaf_codes = np.array(
-            [[self._code(i, (leaf.g1, leaf.g2, leaf.g3)[i]) for i in range(3)] for leaf in leaves],
-            dtype=np.int64,
-        ).reshape(len(leaves), 3)
+        self.codes: list[dict[str | None, int]] = []
+        self.leaf_codes = np.zeros((len(leaves), 3), dtype=np.int64)
+        for i, texts in enumerate(zip(*[(leaf.g1, leaf.g2, leaf.g3) for leaf in leaves]) if leaves else ()):
+            codes = {text: n for n, text in enumerate(dict.fromkeys(texts))}
+            self.codes.append(codes)
+            self.leaf_codes[:, i] = [codes[text] for text in texts]
+        self.codes += [{}] * (3 - len(self.codes))
         self.index = {(leaf.g1, leaf.g2, leaf.g3): n for n, leaf in enumerate(leaves)}
-
-    def _code(self, position: int, text: str | None) -> int:
-        return self.codes[position].setdefault(text, len(self.codes[position]))
 
     def of(self, groups, stars) -> np.ndarray:
         """Boolean vector over leaves: those under the row with these groups and stars."""
@@ -200,6 +201,14 @@ class PieceSpace:
             return np.zeros(0, dtype=bool)
         return covered[self.piece_leaf] & (self.piece_epoch <= epoch)
 
+    def vectors(self, many, epochs) -> np.ndarray:
+        """Boolean matrix: row i is vector(many[i], epochs[i]), all at once."""
+        if not len(many):
+            return np.zeros((0, len(self.piece_counts)), dtype=bool)
+        covered = np.array([self.covered(groups) for groups in many], dtype=bool)
+        covered = covered.reshape(len(many), len(self.leaf_counts))
+        return covered[:, self.piece_leaf] & (self.piece_epoch[None, :] <= np.asarray(epochs)[:, None])
+
     def consistent(self, groups, count: int) -> bool:
         """Rule 4: the row is the sum of its leaves as the ledger knows them."""
         covered = self.covered(groups)
@@ -211,14 +220,12 @@ def served_audits(space: PieceSpace, hierarchy: Hierarchy, k: int, *, dominated=
     served row), one for sums (rows that served their sum). In the sums' audit, the
     pieces of a dominated cell (boolean mask over leaves) weigh 1, as if it were a cell
     of one contribution: no combination may give its sum away."""
-    vectors = [space.vector((v.g1, v.g2, v.g3), v.epoch) for v in hierarchy.versions]
+    versions = hierarchy.versions
+    matrix = space.vectors([(v.g1, v.g2, v.g3) for v in versions], [v.epoch for v in versions])
+    sizes = matrix @ space.piece_counts
     # A served set of fewer than k contributions (served before k was raised) is no
     # finding: it was already public.
-    exempt = [
-        np.flatnonzero(v)
-        for v in vectors
-        if v.any() and int(space.piece_counts @ v) < k and (space.piece_counts[v] < k).all()
-    ]
+    exempt = [np.flatnonzero(matrix[i]) for i in np.flatnonzero((sizes > 0) & (sizes < k))]
     counts = Audit(space.piece_counts, k, exempt=exempt)
     weights = space.piece_counts.copy()
     if dominated is not None and len(space.piece_leaf):
@@ -231,13 +238,12 @@ def served_audits(space: PieceSpace, hierarchy: Hierarchy, k: int, *, dominated=
     pair = AuditPair(counts, None if same else Audit(weights, k, exempt=exempt))
     # A version that is one big piece (a plain cell's first version, mostly) only makes
     # that piece known: all such at once, before the others.
-    matrix = np.array(vectors, dtype=bool).reshape(len(vectors), len(space.piece_counts))
-    single = (matrix.sum(axis=1) == 1) & (matrix @ space.piece_counts >= k)
+    single = (matrix.sum(axis=1) == 1) & (sizes >= k)
     pieces = matrix.argmax(axis=1)
     pair.counts.mark_known(pieces[single])
     if not same:
         pair.sums.mark_known(pieces[single & np.array(with_sum, dtype=bool)])
-    for vector, summed, alone in zip(vectors, with_sum, single):
+    for vector, summed, alone in zip(matrix, with_sum, single):
         if not alone:
             pair.add(vector, with_sum=summed)
     return pair
@@ -371,7 +377,7 @@ def _new_pieces_of_plain_cells(space: PieceSpace, audits: AuditPair, candidates,
     plain = [(c, shape) for c, shape in zip(plain, shapes) if shape in ("full", "no_extremes")]
     if not plain:
         return {}
-    vectors = np.array([space.vector(groups, epoch) for (_, groups, _), _ in plain], dtype=bool)
+    vectors = space.vectors([groups for (_, groups, _), _ in plain], [epoch] * len(plain))
     newest = vectors & (space.piece_epoch == epoch)[None, :]
     pieces = newest.argmax(axis=1)
     usable = newest.any(axis=1) & audit.unheld_big(pieces)

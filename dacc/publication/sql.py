@@ -87,12 +87,14 @@ WHERE {CLOSED}
 ORDER BY 1, 2
 """
 
-SCOPE_JOIN = """JOIN unnest(CAST(:starts AS timestamp[]), CAST(:apps AS text[])) AS s (start_date, created_by)
+SCOPE_JOIN = """JOIN unnest(CAST(:starts AS timestamp[]), CAST(:apps AS text[])) WITH ORDINALITY
+          AS s (start_date, created_by, h)
       ON s.start_date = {t}.start_date AND s.created_by = {t}.created_by
       AND {t}.start_date = ANY (CAST(:starts AS timestamp[]))"""
-"""Restrict table alias {t} to the hierarchies in scope. The ANY condition is an index
-condition beside measure_name (the planner cannot see through unnest): the statement
-reads the days in scope, not the measure's history."""
+"""Restrict table alias {t} to the hierarchies in scope; `s.h` numbers the hierarchy
+(1-based, in the order of the arrays). The ANY condition is an index condition beside
+measure_name (the planner cannot see through unnest): the statement reads the days in
+scope, not the measure's history."""
 
 
 def same_cell(left: str, right: str) -> str:
@@ -168,7 +170,7 @@ GROUP_TEXT = "a.group1::text AS g1, a.group2::text AS g2, a.group3::text AS g3"
 
 LEAVES = (
     """
-SELECT a.start_date, a.created_by, """
+SELECT s.h, """
     + GROUP_TEXT
     + """, a.count, a.frozen_at IS NOT NULL AS frozen
 FROM publication_leaf a
@@ -180,7 +182,7 @@ WHERE a.measure_name = :name
 )
 PIECES = (
     """
-SELECT a.start_date, a.created_by, """
+SELECT s.h, """
     + GROUP_TEXT
     + """, a.epoch, a.count
 FROM publication_piece a
@@ -192,7 +194,7 @@ WHERE a.measure_name = :name
 )
 VERSIONS = (
     """
-SELECT a.start_date, a.created_by, """
+SELECT s.h, """
     + GROUP_TEXT
     + """, a.version, a.epoch, a.contributions, strpos(a.body, '"sum":') > 0 AS with_sum
 FROM published_version a
@@ -208,7 +210,7 @@ ORDER BY a.id
 CANDIDATES = (
     """
 WITH rows AS MATERIALIZED (
-    SELECT a.* FROM aggregate a
+    SELECT a.*, s.h FROM aggregate a
     """
     + SCOPE_JOIN.format(t="a")
     + """
@@ -221,10 +223,13 @@ WITH rows AS MATERIALIZED (
     + """
     WHERE p.measure_name = :name
 )
-SELECT a.id, a.start_date, a.created_by, """
+SELECT a.h, a.id, """
     + GROUP_TEXT
-    + """, a.count, a.count_not_zero, a.contributors, a.sum, a.min, a.largest_value,
-       a.second_largest_value, p.contributions AS served
+    + """, a.count, a.count_not_zero, a.contributors, p.contributions AS served,
+       -- The values only the dominance rule reads (numeric: costly to fetch).
+       CASE WHEN :values THEN a.sum END AS sum, CASE WHEN :values THEN a.min END AS min,
+       CASE WHEN :values THEN a.largest_value END AS largest_value,
+       CASE WHEN :values THEN a.second_largest_value END AS second_largest_value
 FROM rows a
 LEFT JOIN served p ON """
     + same_cell("p", "a").replace("p.measure_name = :name AND ", "")
