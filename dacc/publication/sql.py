@@ -96,6 +96,12 @@ SCOPE_JOIN = """JOIN unnest(CAST(:starts AS timestamp[]), CAST(:apps AS text[]))
 measure_name (the planner cannot see through unnest): the statement reads the days in
 scope, not the measure's history."""
 
+SCOPE_DAYS = """{t}.start_date = ANY (CAST(:starts AS timestamp[]))
+      AND {t}.created_by = ANY (CAST(:apps AS text[]))"""
+"""A superset of the hierarchies in scope (every pairing of their days and apps), for a
+set that is joined further: its row estimate stays that of the days read (a join on
+unnest makes the planner expect a row or two, then nest-loop a join of thousands)."""
+
 
 def same_cell(left: str, right: str) -> str:
     """Join condition: the same cell. Absent groups are NULL; coalesced to JSON null
@@ -125,26 +131,28 @@ UPDATE_LEAVES = (
 WITH plain AS MATERIALIZED (
     SELECT a.start_date, a.created_by, a.group1, a.group2, a.group3, a.count
     FROM aggregate a
-    """
-    + SCOPE_JOIN.format(t="a")
-    + """
     WHERE a.measure_name = :name AND """
+    + SCOPE_DAYS.format(t="a")
+    + " AND "
     + PLAIN
     + """
 ), known AS MATERIALIZED (
     SELECT l.id, l.start_date, l.created_by, l.group1, l.group2, l.group3, l.count, l.frozen_at
     FROM publication_leaf l
-    """
-    + SCOPE_JOIN.format(t="l")
+    WHERE l.measure_name = :name AND """
+    + SCOPE_DAYS.format(t="l")
     + """
-    WHERE l.measure_name = :name
-), cells AS (
-    -- Two materialized sets, joined on equalities: a hash join, not a probe per cell.
+), cells AS MATERIALIZED (
+    -- Two materialized sets, joined on equalities: a hash join, not a probe per cell;
+    -- then only the hierarchies in scope.
     SELECT a.start_date, a.created_by, a.group1, a.group2, a.group3, a.count,
            l.id AS leaf_id, l.count AS published, l.frozen_at
     FROM plain a
     LEFT JOIN known l ON """
     + same_cell("l", "a").replace("l.measure_name = :name AND ", "")
+    + """
+    """
+    + SCOPE_JOIN.format(t="a")
     + """
 ), pieces AS (
     INSERT INTO publication_piece
@@ -210,20 +218,17 @@ ORDER BY a.id
 CANDIDATES = (
     """
 WITH rows AS MATERIALIZED (
-    SELECT a.*, s.h FROM aggregate a
-    """
-    + SCOPE_JOIN.format(t="a")
+    SELECT a.* FROM aggregate a WHERE a.measure_name = :name AND """
+    + SCOPE_DAYS.format(t="a")
     + """
-    WHERE a.measure_name = :name
 ), served AS MATERIALIZED (
     SELECT p.start_date, p.created_by, p.group1, p.group2, p.group3, p.contributions
     FROM published_cell p
-    """
-    + SCOPE_JOIN.format(t="p")
+    WHERE p.measure_name = :name AND """
+    + SCOPE_DAYS.format(t="p")
     + """
-    WHERE p.measure_name = :name
 )
-SELECT a.h, a.id, """
+SELECT s.h, a.id, """
     + GROUP_TEXT
     + """, a.count, a.count_not_zero, a.contributors, p.contributions AS served,
        -- The values only the dominance rule reads (numeric: costly to fetch).
@@ -233,6 +238,9 @@ SELECT a.h, a.id, """
 FROM rows a
 LEFT JOIN served p ON """
     + same_cell("p", "a").replace("p.measure_name = :name AND ", "")
+    + """
+"""
+    + SCOPE_JOIN.format(t="a")
     + """
 """
 )
