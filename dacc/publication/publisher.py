@@ -230,23 +230,28 @@ def served_audits(space: PieceSpace, hierarchy: Hierarchy, k: int, *, dominated=
     weights = space.piece_counts.copy()
     if dominated is not None and len(space.piece_leaf):
         weights[dominated[space.piece_leaf]] = 1
-    with_sum = [version.with_sum for version in hierarchy.versions]
+    with_sum = np.array([version.with_sum for version in versions], dtype=bool)
     # While the two audits hold the same versions with the same weights, they are one
     # object (half the work). Versions are only recorded here, whatever they disclose:
-    # what the audits hold is the span of those versions, whatever their order.
-    same = all(with_sum) and np.array_equal(weights, space.piece_counts)
-    pair = AuditPair(counts, None if same else Audit(weights, k, exempt=exempt))
+    # what an audit holds is the span of its versions, whatever their order.
+    same = bool(with_sum.all()) and np.array_equal(weights, space.piece_counts)
+    sums = None if same else Audit(weights, k, exempt=exempt)
     # A version that is one big piece (a plain cell's first version, mostly) only makes
-    # that piece known: all such at once, before the others.
-    single = (matrix.sum(axis=1) == 1) & (sizes >= k)
-    pieces = matrix.argmax(axis=1)
-    pair.counts.mark_known(pieces[single])
-    if not same:
-        pair.sums.mark_known(pieces[single & np.array(with_sum, dtype=bool)])
-    for vector, summed, alone in zip(matrix, with_sum, single):
-        if not alone:
-            pair.add(vector, with_sum=summed)
-    return pair
+    # that piece known: all such at once, before the others (big by each audit's own
+    # weights: a dominated cell's piece is small in the sums' one).
+    alone = matrix.sum(axis=1) == 1
+    pieces = matrix.argmax(axis=1) if matrix.shape[1] else np.zeros(len(matrix), dtype=np.int64)
+    known = alone & (sizes >= k)
+    counts.mark_known(pieces[known])
+    known_in_sums = alone & with_sum & (weights[pieces] >= k) if len(weights) else alone & False
+    if sums is not None:
+        sums.mark_known(pieces[known_in_sums])
+    for i in np.flatnonzero(~known):
+        counts.add(matrix[i])
+    if sums is not None:
+        for i in np.flatnonzero(with_sum & ~known_in_sums):
+            sums.add(matrix[i])
+    return AuditPair(counts, sums)
 
 
 class AuditPair:
@@ -264,11 +269,6 @@ class AuditPair:
     @property
     def forked(self) -> bool:
         return self._sums is not None
-
-    def add(self, vector, *, with_sum: bool) -> None:
-        self.counts.add(vector)
-        if self._sums is not None and with_sum:
-            self._sums.add(vector)
 
     def try_add(self, vector, *, with_sum: bool) -> bool:
         """Both audits accept the version (the sums' one only if it serves its sum)."""

@@ -250,11 +250,14 @@ LEFT JOIN served p ON """
 PUBLISH = (
     """
 WITH chosen AS (
-    -- One primary-key probe per chosen id (LATERAL: no plan over the whole table, and
-    -- no planning over a constant array of every id).
+    -- The days in scope read as ranges of uq_aggregate_cell, hash-joined with the chosen
+    -- ids: fewer pages than a primary-key probe per id.
     SELECT a.*, c.shape
-    FROM unnest(CAST(:ids AS bigint[]), CAST(:shapes AS text[])) AS c (id, shape)
-    CROSS JOIN LATERAL (SELECT * FROM aggregate a WHERE a.id = c.id AND a.measure_name = :name) a
+    FROM aggregate a
+    JOIN unnest(CAST(:ids AS bigint[]), CAST(:shapes AS text[])) AS c (id, shape) ON c.id = a.id
+    WHERE a.measure_name = :name AND """
+    + SCOPE_DAYS.format(t="a")
+    + """
 ), shaped AS (
     -- What each row shows, rounded as served: the magnitude rules null fields out.
     SELECT measure_name, start_date, created_by, group1, group2, group3, count,

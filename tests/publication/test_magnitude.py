@@ -101,3 +101,21 @@ def test_k_counts_distinct_contributors(app, client, auth_header):
         assert client.post("/measure", json=body, headers=headers).status_code == 201
     compute_aggregation("m", force=True)
     assert {key: r["count"] for key, r in _rows(client, auth_header).items()} == {("y",): 5}
+
+
+def test_a_cell_dominated_after_its_sum_was_served_is_audited_as_one_contribution(app, client, auth_header):
+    # Served with its sum (no dominance rule yet), alone under the total (*), then the
+    # rule is declared and the day gains a cell: the old sums are in the sums' audit,
+    # where the dominated cell's piece weighs 1.
+    define(groups=1, extremes="show", wildcardGroups=[["group1"]])
+    _send([1, 1, 1, 1, 1000])
+    compute_aggregation("m", force=True)
+    before = _rows(client, auth_header)
+    assert before[("x",)]["sum"] == 1004 and before[("*",)]["sum"] == 1004
+    define(groups=1, pPercent=10, extremes="show", wildcardGroups=[["group1"]])
+    _send([50] * 10, key=("y",))
+    compute_aggregation("m", force=True)
+    rows = _rows(client, auth_header)
+    assert rows[("y",)]["sum"] == 500
+    # (*) - (y) is x's sum, served before: the new total gives nothing new away.
+    assert rows[("*",)]["sum"] == 1504
