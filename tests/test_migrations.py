@@ -44,7 +44,7 @@ def test_downgrade_to_base_then_upgrade_again(unmigrated_app):
 
 
 def test_the_ledger_tables_keep_room_for_in_place_updates(app):
-    """Migration 0009: each publication rewrites these rows; half-free pages let
+    """Migration 0011: each publication rewrites these rows; half-free pages let
     PostgreSQL update them in place."""
     with db.engine.connect() as conn:
         options = dict(

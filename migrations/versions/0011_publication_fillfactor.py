@@ -1,7 +1,7 @@
 """publication ledger: room on each page for the next version (HOT updates)
 
-Revision ID: 0009_publication_fillfactor
-Revises: 0007_writers_contributors
+Revision ID: 0011_publication_fillfactor
+Revises: 0010_quota_cell_key
 Create Date: 2026-12-02 01:45:00
 
 Every publication rewrites the served row of each cell it re-publishes
@@ -17,8 +17,8 @@ operator may run when convenient (not here: it locks the table).
 from alembic import op
 
 # revision identifiers, used by Alembic.
-revision = "0009_publication_fillfactor"
-down_revision = "0007_writers_contributors"
+revision = "0011_publication_fillfactor"
+down_revision = "0010_quota_cell_key"
 branch_labels = None
 depends_on = None
 
