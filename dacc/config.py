@@ -6,7 +6,7 @@ import dataclasses
 import os
 import sys
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import click
 import sqlalchemy as sa
@@ -455,15 +455,36 @@ def _is_int(value) -> bool:
 
 
 def normalise_database_url(url: str, where: str = "database URL") -> str:
-    """Map the usual spellings (postgres://, postgresql://) to the psycopg2 driver.
+    """Map the usual spellings (postgres://, postgresql://) to the psycopg2 driver, and
+    percent-encode a user or password written with a raw `@`.
 
     SQLAlchemy 2.1 would pick psycopg 3 for a bare postgresql://; we ship psycopg2.
+    SQLAlchemy ends the password at its first `@` (and takes the rest for the host):
+    the authority is split at its last `@` instead, as libpq and urllib do. A raw `/`,
+    `?` or `#` in a password ends the authority itself, which no split can undo:
+    refused, without quoting the URL (it holds the password).
     """
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
-    if scheme in ("postgres", "postgresql", "postgresql+psycopg2"):
-        return urlunsplit(("postgresql+psycopg2",) + tuple(parts)[1:])
-    raise ConfigError(f"{where}: expected a postgresql:// URL, got scheme '{scheme or '?'}'")
+    if scheme not in ("postgres", "postgresql", "postgresql+psycopg2"):
+        raise ConfigError(f"{where}: expected a postgresql:// URL, got scheme '{scheme or '?'}'")
+    # The first query key or the fragment never holds an '@' of its own.
+    if "@" in parts.path or "@" in parts.query.partition("=")[0] or "@" in parts.fragment:
+        raise ConfigError(
+            f"{where}: '@' after the host: a '/', '?' or '#' in the user or password must be"
+            " percent-encoded (%2F, %3F, %23; '@' is %40)"
+        )
+    netloc = parts.netloc
+    if netloc.count("@") > 1:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user, colon, password = userinfo.partition(":")
+        netloc = f"{_encoded(user)}{colon}{_encoded(password)}@{hostport}"
+    return urlunsplit(("postgresql+psycopg2", netloc, *tuple(parts)[2:]))
+
+
+def _encoded(text: str) -> str:
+    """`text` percent-encoded once, whether or not some of it already was."""
+    return quote(unquote(text), safe="")
 
 
 def redact_url(url: str) -> str:

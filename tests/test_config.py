@@ -130,6 +130,57 @@ def test_database_url_spellings_map_to_psycopg2(tmp_path, url):
     assert config.database_url == "postgresql+psycopg2://u:p@h/d"
 
 
+@pytest.mark.parametrize(
+    "url, user, password, host, database",
+    [
+        ("postgresql://dacc:p@ss@db.example:5433/d", "dacc", "p@ss", "db.example", "d"),
+        ("postgres://dacc:a@b:c@@db.example/d", "dacc", "a@b:c@", "db.example", "d"),
+        ("postgresql://me@tenant:p@ss@h/d", "me@tenant", "p@ss", "h", "d"),
+        ("postgresql://dacc:p%40s@s@h/d", "dacc", "p@s@s", "h", "d"),
+        ("postgresql://dacc:p%40ss@h/d", "dacc", "p@ss", "h", "d"),
+    ],
+)
+def test_database_url_with_a_raw_at_sign_is_split_at_the_last_one(
+    tmp_path, url, user, password, host, database
+):
+    parsed = sa.engine.make_url(load_config({"DATABASE_URL": url}, tmp_path).database_url)
+    assert (parsed.drivername, parsed.username, parsed.password, parsed.host, parsed.database) == (
+        "postgresql+psycopg2",
+        user,
+        password,
+        host,
+        database,
+    )
+
+
+@pytest.mark.parametrize(
+    "url", ["postgresql://dacc:se/cret@h/d", "postgresql://dacc:se?cret@h/d", "postgresql://dacc:se#cret@h/d"]
+)
+def test_database_url_with_a_raw_slash_or_question_mark_is_refused(tmp_path, url):
+    with pytest.raises(ConfigError) as info:
+        load_config({"DATABASE_URL": url}, tmp_path)
+    assert info.value.message == (
+        "DATABASE_URL: '@' after the host: a '/', '?' or '#' in the user or password must be"
+        " percent-encoded (%2F, %3F, %23; '@' is %40)"
+    )
+    assert "cret" not in info.value.message
+
+
+def test_a_password_with_a_raw_at_sign_connects(database_url):
+    """On the tests' own server: the socket folder comes from the query, the password
+    (ignored by its trust authentication) must not swallow it."""
+    parsed = sa.engine.make_url(database_url)
+    if parsed.host or "host" not in parsed.query:
+        pytest.skip("the test database is not on a unix socket")
+    raw = f"postgresql://{parsed.username}:p@ss@/{parsed.database}?host={parsed.query['host']}"
+    engine = sa.create_engine(normalise_database_url(raw, "DATABASE_URL"))
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT current_database()")).scalar() == parsed.database
+    finally:
+        engine.dispose()
+
+
 def test_database_url_overrides_the_file(tmp_path):
     (tmp_path / "config.yml").write_text(GOOD)
     config = load_config({"DATABASE_URL": "postgres://x@y/z"}, tmp_path)
