@@ -1,5 +1,6 @@
 """Schema upgrades run by the app itself (embedded database, tests)."""
 
+import contextlib
 import logging
 import time
 
@@ -52,23 +53,41 @@ def _alembic_config():
 
 
 def upgrade_to_head() -> bool:
-    """Upgrade the database to the newest migration; True when something ran."""
-    alembic_config = _alembic_config()
+    """Upgrade the database to the newest migration; True when something ran (or
+    waited for another process's run: see `migration_lock`)."""
     head = schema_head()
     with db.engine.connect() as conn:
         if MigrationContext.configure(conn).get_current_revision() == head:
             return False
-    # Autocommit, and polling instead of waiting in pg_advisory_lock: a process waiting
-    # inside a statement holds a snapshot, which a CREATE INDEX CONCURRENTLY run by the
-    # migrating process would wait for (both stuck until statement_timeout).
-    with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        while not conn.execute(
-            sa.text("SELECT pg_try_advisory_lock(:key)"), {"key": MIGRATION_LOCK}
-        ).scalar():
+    log.info("migrating the database to %s", head)
+    command.upgrade(_alembic_config(), "head")
+    return True
+
+
+@contextlib.contextmanager
+def migration_lock(engine: sa.engine.Engine):
+    """Hold the migrations' advisory lock: every online Alembic run (migrations/env.py:
+    `flask db upgrade`, the embedded start, the tests) runs alone, and reads the
+    revision only once it holds the lock, so that a second run finds the first's work
+    done instead of repeating it.
+
+    On a connection of its own, in autocommit, polling instead of waiting in
+    pg_advisory_lock: a process waiting inside a statement holds a snapshot, which a
+    CREATE INDEX CONCURRENTLY run by the migrating process would wait for (both stuck
+    until statement_timeout).
+    """
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        said = False
+        while not conn.execute(_TRY_LOCK, {"key": MIGRATION_LOCK}).scalar():
+            if not said:
+                log.info("waiting for another process's migration (advisory lock %s)", MIGRATION_LOCK)
+                said = True
             time.sleep(0.2)
         try:
-            log.info("migrating the database to %s", head)
-            command.upgrade(alembic_config, "head")
+            yield
         finally:
-            conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK})
-    return True
+            conn.execute(_UNLOCK, {"key": MIGRATION_LOCK})
+
+
+_TRY_LOCK = sa.text("SELECT pg_try_advisory_lock(:key)")
+_UNLOCK = sa.text("SELECT pg_advisory_unlock(:key)")

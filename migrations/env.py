@@ -4,6 +4,8 @@ from logging.config import fileConfig
 from alembic import context
 from flask import current_app
 
+from dacc.migrations_runner import migration_lock
+
 # this is the Alembic Config object, which provides
 # access to the values within the .ini file in use.
 config = context.config
@@ -93,7 +95,9 @@ def run_migrations_online():
 
     connectable = get_engine()
 
-    with connectable.connect() as connection:
+    # One run at a time: two `flask db upgrade` (two containers starting) would both
+    # read the old revision and run the same migrations.
+    with migration_lock(connectable), connectable.connect() as connection:
         # Migrations may rewrite large tables: no web statement timeout here.
         connection.exec_driver_sql("SET statement_timeout = 0")
         connection.commit()
