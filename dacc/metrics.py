@@ -20,6 +20,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from dacc.db import db
 from dacc.models import JobRunStat
+from dacc.models.definitions import NAME_LENGTH
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +99,17 @@ def count_refused(refused: list[tuple[str | None, str]]) -> None:
     """Count refused measures, given as (measureName sent, fault) pairs.
 
     Validation checks the name first: a fault about anything else means the name is a
-    definition's, safe as a label.
+    definition's, safe as a label. Not so for the checks of the whole body that come
+    before it (NUL, lone surrogates): a name no definition can have is never a label,
+    and a lone surrogate in one would break every later rendering of /metrics.
     """
     for name, fault in refused:
-        known = isinstance(name, str) and not fault.startswith("measureName:")
+        known = (
+            isinstance(name, str)
+            and 0 < len(name) <= NAME_LENGTH
+            and name.isprintable()
+            and not fault.startswith("measureName:")
+        )
         MEASURES_REFUSED.labels(name if known else UNKNOWN_MEASURE).inc()
 
 

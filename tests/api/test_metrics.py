@@ -84,6 +84,22 @@ def test_measures_accepted_and_refused_by_measure(client, make_definition, auth_
     assert _sample("dacc_measures_refused_total", measure=name) == 0
 
 
+@pytest.mark.parametrize("name", ["m\x00", "\ud800", "x" * 201])
+def test_a_name_no_definition_can_have_is_no_label(
+    client, make_definition, auth_header, metrics_header, name
+):
+    """A fault found before the name is read (a /measures body that is no array) does
+    not vouch for the name: counted as unknown, and /metrics still renders (a lone
+    surrogate in a label broke every later rendering)."""
+    make_definition("m", group1_key=None)
+    unknown = _sample("dacc_measures_refused_total", measure=UNKNOWN_MEASURE)
+    response = client.post("/measures", json={**MEASURE, "measureName": name}, headers=auth_header())
+    assert response.status_code == 400
+    assert response.get_json() == {"error": "body: expected a JSON array of measures"}
+    assert _sample("dacc_measures_refused_total", measure=UNKNOWN_MEASURE) == unknown + 1
+    assert client.get("/metrics", headers=metrics_header).status_code == 200
+
+
 def test_aggregate_cache_hits_and_misses(client, make_definition, auth_header):
     make_definition("m", group1_key=None)
     headers = auth_header()
