@@ -15,6 +15,8 @@ from typing import NamedTuple
 
 import sqlalchemy as sa
 from flask import current_app
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session, scoped_session
 
 from dacc.contributors import contributor_key, hash_contributor
 from dacc.db import db
@@ -42,6 +44,10 @@ WRITER_EXTENSION = "dacc_measure_writer"
 WILDCARD = "*"
 """A group value of "*" marks a wildcard aggregate: a raw measure carrying it would be
 merged into the wildcard cell and skew (or unmask) it."""
+
+
+Executor = Connection | Session | scoped_session
+"""Where a statement of ingestion runs: the batch's Core connection or the session."""
 
 
 class Measure(NamedTuple):
@@ -463,7 +469,7 @@ def record_measure(body, *, org: str | None = None, app: str | None = None) -> R
     writer = _measure_writer()
     if writer is None:
         try:
-            inserted = _store_one(parse_measure(body, org=org, app=app))
+            inserted = _store_one(db.session, parse_measure(body, org=org, app=app))
         except Conflict:
             db.session.rollback()
             raise
@@ -492,8 +498,9 @@ def _measure_writer() -> MeasureWriter | None:
     return writer
 
 
-def _store_one(measure: Measure) -> bool:
-    """Execute (no commit) the INSERT of one measure; False if its measureId is stored.
+def _store_one(connection: Executor, measure: Measure) -> bool:
+    """Execute (no commit) the INSERT of one measure on `connection` (a Core connection
+    or the session); False if its measureId is stored.
 
     Raises Conflict when its contributor is at its cap; the caller rolls back."""
     params = _params(measure)
@@ -501,14 +508,14 @@ def _store_one(measure: Measure) -> bool:
     if cap is not None:
         params["cap"] = cap
         statement = _INSERT_CAPPED_UNKEYED if measure.measure_id is None else _INSERT_CAPPED_KEYED
-        new_key, inserted = db.session.execute(statement, params).one()
+        new_key, inserted = connection.execute(statement, params).one()
         if new_key and not inserted:
             raise Conflict(_cap_message(measure.measure_name, cap))
         return bool(inserted)
     if measure.measure_id is None:
-        db.session.execute(_INSERT, params)
+        connection.execute(_INSERT, params)
         return True
-    return db.session.execute(_INSERT_KEYED, params).rowcount == 1
+    return connection.execute(_INSERT_KEYED, params).rowcount == 1
 
 
 def _params(measure: Measure) -> dict:
@@ -526,7 +533,7 @@ def _params(measure: Measure) -> dict:
     }
 
 
-def _store_batch(measures: Sequence[Measure]) -> list[bool]:
+def _store_batch(connection: Executor, measures: Sequence[Measure]) -> list[bool]:
     """Execute (no commit) the INSERT of several measures; per measure, False when its
     measureId was already stored for its org or came earlier in the batch (the first
     one is stored). Measures under a contributor cap go one statement each (the cap's
@@ -542,7 +549,7 @@ def _store_batch(measures: Sequence[Measure]) -> list[bool]:
                 continue
             seen.add(key)
         if _cap(measure) is not None:
-            results[index] = _store_one(measure)
+            results[index] = _store_one(connection, measure)
         else:
             plain.append(measure)
     new_keys: set[tuple] = set()
@@ -552,7 +559,7 @@ def _store_batch(measures: Sequence[Measure]) -> list[bool]:
         params["org"] = [org or "" for org in columns["org"]]
         for group in ("group1", "group2", "group3"):
             params[group] = [_json(g) for g in columns[group]]
-        new_keys = set(db.session.execute(_INSERT_BATCH, params).tuples())
+        new_keys = set(connection.execute(_INSERT_BATCH, params).tuples())
     return [
         (
             results[index]

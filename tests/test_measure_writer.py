@@ -39,17 +39,17 @@ def gated(app):
     def install(*, window_ms=2, batch_max=100, before_batch=None):
         state = SimpleNamespace(gate=threading.Event(), calls=[])
 
-        def store_one(measure):
+        def store_one(connection, measure):
             state.calls.append(1)
             if len(state.calls) == 1:
                 assert state.gate.wait(30)
-            return ingestion._store_one(measure)
+            return ingestion._store_one(connection, measure)
 
-        def store_batch(measures):
+        def store_batch(connection, measures):
             state.calls.append(len(measures))
             if before_batch:
-                before_batch()
-            return ingestion._store_batch(measures)
+                before_batch(connection)
+            return ingestion._store_batch(connection, measures)
 
         state.writer = MeasureWriter(
             store_one=store_one, store_batch=store_batch, window_ms=window_ms, batch_max=batch_max
@@ -211,8 +211,8 @@ def test_a_measure_the_database_refuses_fails_alone(app, headers, gated, refuse_
 
 
 def test_a_batch_that_loses_its_connection_answers_503_to_each_request(app, client, headers, gated):
-    def lose_connection():
-        db.session.execute(sa.text("SELECT pg_terminate_backend(pg_backend_pid())"))
+    def lose_connection(connection):
+        connection.execute(sa.text("SELECT pg_terminate_backend(pg_backend_pid())"))
 
     state = gated(before_batch=lose_connection)
     responses = post_queued(app, state, headers, [body(i) for i in range(5)])
