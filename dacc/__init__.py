@@ -29,7 +29,7 @@ def create_app(config: Config | None = None) -> Flask:
         _configure_logging(config)
     except ConfigError as exc:
         _stop_on_config_error(exc)
-    app = Flask(__name__)
+    app = _Flask(__name__)
     app.config["DACC"] = config
     app.config["TESTING"] = config.testing
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
@@ -46,6 +46,24 @@ def create_app(config: Config | None = None) -> Flask:
     if config.embedded:
         _migrate_embedded(app, config)
     return app
+
+
+class _Flask(Flask):
+    """Flask, with `ensure_sync` remembered per function.
+
+    Flask asks it of every hook and view on every request (an `inspect` check each,
+    seven per POST /measure); DACC has no async view, and a function's answer never
+    changes."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._synced: dict = {}
+
+    def ensure_sync(self, func):
+        made = self._synced.get(func)
+        if made is None:
+            made = self._synced[func] = super().ensure_sync(func)
+        return made
 
 
 def _stop_on_config_error(exc: ConfigError):

@@ -98,7 +98,10 @@ class _Watchdog:
             self.watched[id(dbapi_connection)] = (deadline, sock)
         if old is not None:
             old[1].close()
-        self.wake.set()
+        if deadline - time.monotonic() < _TICK:
+            # Only a deadline sooner than the next tick needs the thread now: waking it
+            # on every checkout would hand it the GIL once per request.
+            self.wake.set()
 
     def forget(self, dbapi_connection) -> None:
         with self.lock:

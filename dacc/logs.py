@@ -18,7 +18,8 @@ NOTICE = 25
 logging.addLevelName(NOTICE, "NOTICE")
 
 _HANDLER_MARK = "_dacc_handler"
-_START_KEY = "dacc.request_start"
+REQUEST_START_KEY = "dacc.request_start"
+"""environ key: time.perf_counter() when the app began the request (logs and metrics)."""
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _SYSLOG_FORMAT = "dacc[%(process)d]: %(levelname)s %(name)s: %(message)s"
 
@@ -79,13 +80,13 @@ def register_request_log(app: Flask) -> None:
 
     @app.before_request
     def _start_clock():
-        request.environ[_START_KEY] = time.perf_counter()
+        request.environ[REQUEST_START_KEY] = time.perf_counter()
 
     @app.after_request
     def _log_request(response):
         if request_log.isEnabledFor(logging.INFO):
             token_id, org = request_token()
-            started = request.environ.get(_START_KEY)
+            started = request.environ.get(REQUEST_START_KEY)
             ms = (time.perf_counter() - started) * 1000 if started else 0.0
             request_log.info(
                 "%s %s %s %.1fms token=%s org=%s",
