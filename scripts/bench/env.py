@@ -75,6 +75,8 @@ class Environment:
         if not args.keep:
             stack.callback(shutil.rmtree, self.tmp, ignore_errors=True)
         self.url, self.tuned = stack.enter_context(_database(self.tmp, restart=not args.quick))
+        self.pgdata = self.tmp / "pgdata" if self.tuned else None
+        """The embedded PostgreSQL's data folder; None on DATABASE_URL's server."""
         say(f"database ready in {time.monotonic() - began:.1f} s")
         self.config_file = self.tmp / "config.yml"
         self.config_file.write_text(
@@ -102,6 +104,7 @@ class Environment:
         self.tokens = _create_tokens()
         say(f"migrated in {time.monotonic() - began:.1f} s")
         self.port = server.ready()
+        self.server = server
 
     def execute(self, statement: str, params: dict | None = None):
         """Run one statement in the app's session and commit it."""

@@ -7,6 +7,7 @@ import contextlib
 import json
 
 from scripts import loadgen
+from scripts.bench.cpu import CpuMeter, postmaster_pid
 from scripts.bench.data import contributor_body, ensure_single_definition, measure_body
 from scripts.bench.env import Environment, gunicorn
 from scripts.bench.figures import Figure
@@ -24,12 +25,12 @@ def section_single(env: Environment) -> list[Figure]:
     figures = []
     # A second server with group commit off serves today's one commit per request, so
     # that the batched endpoint is compared with it in the same run.
-    with _unbatched_server(env) as alone_port:
-        runs = [(trivial, env.port), (real, env.port), (real, alone_port)]
-        for requests, port in runs:  # warm every worker: token cache, pools, imports
-            load(env, requests, port=port, total=200, connections=8)
+    with _unbatched_server(env) as unbatched:
+        runs = [(trivial, env.server), (real, env.server), (real, unbatched)]
+        for requests, server in runs:  # warm every worker: token cache, pools, imports
+            load(env, requests, port=server.port, total=200, connections=8)
         for connections in (1, 8):
-            (ceiling, result, alone), per_commit = _alternated(
+            (ceiling, result, alone), per_commit, cpu = _alternated(
                 env, runs, total=count, connections=connections
             )
             label = f"{connections} conn"
@@ -48,6 +49,7 @@ def section_single(env: Environment) -> list[Figure]:
                 Figure("single", f"POST /measure p99, {label}, group commit off", alone.percentile(99), "ms",
                        ceiling.percentile(99)),
                 Figure("single", f"measures per commit, {label}", per_commit, "", note=f"ingest_batch_ms {window}"),
+                *_cpu_figures(cpu, label),
             ]  # fmt: skip
     # With a contributor on a capped measure: its HMAC and its quota upsert, same ceiling.
     named = [
@@ -74,7 +76,7 @@ def section_single(env: Environment) -> list[Figure]:
 
 @contextlib.contextmanager
 def _unbatched_server(env: Environment):
-    """A second gunicorn, same settings, `ingest_batch_ms: 0`; yields its port."""
+    """A second gunicorn, same settings, `ingest_batch_ms: 0`; yields it, serving."""
     config = env.tmp / "config-unbatched.yml"
     config.write_text(
         env.config_file.read_text().replace(
@@ -82,19 +84,26 @@ def _unbatched_server(env: Environment):
         )
     )
     with gunicorn(env, config_file=config, log_name="gunicorn-unbatched.log") as server:
-        yield server.ready()
+        server.ready()
+        yield server
 
 
 def _alternated(env: Environment, runs, *, total: int, connections: int, rounds: int = 4):
-    """One combined result per (requests, port) of `runs`, measured in alternating
-    rounds; and the measures per commit of the second run (the batched endpoint)."""
+    """One combined result per (requests, server) of `runs`, measured in alternating
+    rounds; the measures per commit of the second run (the batched endpoint); and a
+    CpuMeter per run (its server's workers, and the embedded PostgreSQL)."""
     results: list[list[loadgen.LoadResult]] = [[] for _ in runs]
+    postmaster = postmaster_pid(env.pgdata) if env.pgdata else None
+    meters = [CpuMeter(server.process.pid, postmaster) for _, server in runs]
     rows = commits = 0
     share = max(1, total // rounds)
     for _ in range(rounds):
-        for index, (requests, port) in enumerate(runs):
+        for index, (requests, server) in enumerate(runs):
             since = env.execute("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint").scalar()
-            results[index].append(load(env, requests, port=port, total=share, connections=connections))
+            run = meters[index].measure(
+                load, env, requests, port=server.port, total=share, connections=connections
+            )
+            results[index].append(run)
             if index == 1:
                 # Rows of one commit share its transaction id.
                 counted = env.execute(
@@ -103,4 +112,22 @@ def _alternated(env: Environment, runs, *, total: int, connections: int, rounds:
                     {"since": since},
                 ).one()
                 rows, commits = rows + counted[0], commits + counted[1]
-    return [loadgen.LoadResult.combine(r) for r in results], rows / commits if commits else None
+    combined = [loadgen.LoadResult.combine(r) for r in results]
+    return combined, rows / commits if commits else None, meters
+
+
+def _cpu_figures(meters, label: str) -> list[Figure]:
+    """CPU per request of the web workers and of PostgreSQL: what a request costs the
+    machine, whatever else runs on it (rates and latencies depend on that)."""
+    ceiling, batched, alone = meters
+    figures = []
+    for part, what in (("web", "gunicorn workers"), ("pg", "PostgreSQL")):
+        value = batched.per_request(part)
+        if value is None:
+            continue
+        off = alone.per_request(part)
+        figures.append(
+            Figure("single", f"{what} CPU per measure, {label}", value, "µs", ceiling.per_request(part),
+                   note=f"ceiling column: /_bench/insert; group commit off: {off:,.0f} µs")
+        )  # fmt: skip
+    return figures
