@@ -131,21 +131,30 @@ class Audit:
         rows[:, self.position] = vectors
         rows[:, self.known] = 0
         if self.rank:
+            # Each coefficient is 1 (the versions are 0/1): subtract, per version, the
+            # sum of the basis rows whose pivot it holds (pairs come sorted by version).
             which, basis_rows = np.nonzero(rows[:, self.pivots])
-            np.subtract.at(rows, which, self.basis[basis_rows])  # each coefficient is 1
-            rows %= PRIME
+            if len(which):
+                starts = np.flatnonzero(np.r_[True, which[1:] != which[:-1]])
+                rows[which[starts]] -= np.add.reduceat(self.basis[basis_rows], starts, axis=0)
+                rows %= PRIME
         assert (rows[np.arange(len(rows)), columns] == 1).all()
         if self.rank + len(rows) > MAX_RANK:
             raise OverflowError("audit: hierarchy too large for exact arithmetic")
-        while self.rank + len(rows) > len(self._rows):
-            self._grow()
+        if self.rank + len(rows) > len(self._rows):
+            self._grow(self.rank + len(rows))
         self._rows[self.rank : self.rank + len(rows)] = rows
         self._pivots[self.rank : self.rank + len(rows)] = columns
         self.rank += len(rows)
 
-    def _grow(self) -> None:
-        self._rows = np.vstack([self._rows, np.zeros_like(self._rows)])
-        self._pivots = np.concatenate([self._pivots, np.zeros_like(self._pivots)])
+    def _grow(self, needed: int) -> None:
+        """Room for at least `needed` rows (at least double: one copy per doubling)."""
+        capacity = max(needed, 2 * len(self._rows))
+        rows = np.zeros((capacity, len(self.counts)), dtype=np.int64)
+        rows[: self.rank] = self.basis
+        pivots = np.zeros(capacity, dtype=np.int64)
+        pivots[: self.rank] = self.pivots
+        self._rows, self._pivots = rows, pivots
 
     def _known_at_once(self, columns: np.ndarray) -> bool:
         """The common case, without arithmetic: a vector that is one big piece that no
@@ -225,7 +234,7 @@ class Audit:
         if len(changed):
             self._rows[changed] = (before - np.outer(factors, row) % PRIME) % PRIME
         if self.rank == len(self._rows):
-            self._grow()
+            self._grow(self.rank + 1)
         self._rows[self.rank] = row
         self._pivots[self.rank] = j
         self.rank += 1

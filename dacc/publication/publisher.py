@@ -201,13 +201,19 @@ class PieceSpace:
             return np.zeros(0, dtype=bool)
         return covered[self.piece_leaf] & (self.piece_epoch <= epoch)
 
-    def vectors(self, many, epochs) -> np.ndarray:
-        """Boolean matrix: row i is vector(many[i], epochs[i]), all at once."""
-        if not len(many):
-            return np.zeros((0, len(self.piece_counts)), dtype=bool)
+    def covered_rows(self, many) -> np.ndarray:
+        """Boolean matrix over leaves: row i is covered(many[i])."""
         covered = np.array([self.covered(groups) for groups in many], dtype=bool)
-        covered = covered.reshape(len(many), len(self.leaf_counts))
+        return covered.reshape(len(many), len(self.leaf_counts))
+
+    def vectors(self, many, epochs, *, covered=None) -> np.ndarray:
+        """Boolean matrix: row i is vector(many[i], epochs[i]), all at once."""
+        covered = self.covered_rows(many) if covered is None else covered
         return covered[:, self.piece_leaf] & (self.piece_epoch[None, :] <= np.asarray(epochs)[:, None])
+
+    def consistent_rows(self, covered: np.ndarray, counts) -> np.ndarray:
+        """consistent() of many rows at once, from their covered_rows()."""
+        return (covered @ self.leaf_counts == np.asarray(counts)) & ~(covered & self.frozen).any(axis=1)
 
     def consistent(self, groups, count: int) -> bool:
         """Rule 4: the row is the sum of its leaves as the ledger knows them."""
@@ -369,15 +375,16 @@ def _new_pieces_of_plain_cells(space: PieceSpace, audits: AuditPair, candidates,
         return {}
     k, audit = definition.k, audits.counts
     plain = [
-        (aggregate_id, groups, row)
-        for stars, _, _, aggregate_id, groups, row in candidates
-        if stars == 0 and space.consistent(groups, row.count)
+        (aggregate_id, groups, row) for stars, _, _, aggregate_id, groups, row in candidates if stars == 0
     ]
+    covered = space.covered_rows([groups for _, groups, _ in plain])
+    consistent = space.consistent_rows(covered, [row.count for _, _, row in plain])
     shapes = [shape_of(row, k, definition.extremes, definition.p_percent) for _, _, row in plain]
-    plain = [(c, shape) for c, shape in zip(plain, shapes) if shape in ("full", "no_extremes")]
-    if not plain:
+    keep = consistent & np.isin(shapes, ("full", "no_extremes")) if plain else np.zeros(0, dtype=bool)
+    if not keep.any():
         return {}
-    vectors = space.vectors([groups for (_, groups, _), _ in plain], [epoch] * len(plain))
+    plain = [(c, shape) for c, shape, kept in zip(plain, shapes, keep) if kept]
+    vectors = space.vectors(None, [epoch] * len(plain), covered=covered[keep])
     newest = vectors & (space.piece_epoch == epoch)[None, :]
     pieces = newest.argmax(axis=1)
     usable = newest.any(axis=1) & audit.unheld_big(pieces)

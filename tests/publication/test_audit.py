@@ -120,3 +120,29 @@ def test_a_set_given_away_before_does_not_refuse_a_version_that_adds_nothing():
     audit.add(np.array([1, 1, 0], dtype=bool))
     assert audit.try_add(np.array([0, 1, 1], dtype=bool))
     assert {f.pieces for f in audit.findings()} == {frozenset({0, 1})}
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32 - 1))
+def test_rows_added_together_hold_what_adding_them_one_by_one_holds(seed):
+    rng = np.random.default_rng(seed)
+    k, n = 3, 14
+    counts = rng.integers(1, 2 * k, n)
+    fresh = [8, 9, 10, 11]  # big pieces no version holds yet: one pivot per batch row
+    counts[fresh] = k + 1
+    served = rng.random((5, n)) < 0.3
+    served[:, fresh] = False
+    batch = rng.random((len(fresh), n)) < 0.3
+    batch[:, fresh] = False
+    batch[np.arange(len(fresh)), fresh] = True
+    together, one_by_one = Audit(counts, k), Audit(counts, k)
+    for vector in served:
+        together.add(vector)
+        one_by_one.add(vector)
+    together.add_rows(batch, np.array(fresh))
+    for vector in batch:
+        one_by_one.add(vector)
+    for vector in rng.random((6, n)) < 0.4:
+        if vector.any():
+            assert together.try_add(vector) == one_by_one.try_add(vector)
+    assert {f.pieces for f in together.findings()} == {f.pieces for f in one_by_one.findings()}
