@@ -302,6 +302,10 @@ class Audit:
             return []
         rows = self.basis[w_rows][:, self.n_big :]
         pivot_counts = self.counts[[self.pivots[r] for r in w_rows]]
+        # Only the small pieces some row of W holds can be in a found set: every array
+        # of the search is that wide, not as wide as the hierarchy.
+        held = np.flatnonzero((rows != 0).any(axis=0))
+        rows = rows[:, held]
         support = rows != 0
         columns: dict[int, np.ndarray] = {}
         degree = support.sum(axis=0)
@@ -312,9 +316,9 @@ class Audit:
                 found = columns[c] = np.flatnonzero(support[:, c])
             return found
 
-        small_counts = self.counts[self.n_big :]
+        small_counts = self.counts[self.n_big :][held]
         is_pivot = np.zeros(rows.shape[1], dtype=bool)
-        is_pivot[[self.pivots[r] - self.n_big for r in w_rows]] = True
+        is_pivot[np.searchsorted(held, [self.pivots[r] - self.n_big for r in w_rows])] = True
         limit = self.k - 1
         results: list[Finding] = []
         seen: set[frozenset] = set()
@@ -329,14 +333,14 @@ class Audit:
                 if examined > SEARCH_BUDGET:
                     self._exhausted = True
                     return results
-                bad = np.flatnonzero((total != 0) & (total != 1))
+                bad = np.flatnonzero(total > 1)  # entries are residues: neither 0 nor 1
                 contributions = 0
                 if len(bad) == 0:
                     contributions = int(small_counts @ total)
                     if 1 <= contributions <= limit:
-                        pieces = frozenset(int(i) + self.n_big for i in np.flatnonzero(total))
+                        pieces = frozenset(int(held[i]) + self.n_big for i in np.flatnonzero(total))
                         full = np.zeros(len(self.counts), dtype=np.int64)
-                        full[self.n_big :] = total
+                        full[self.n_big + held] = total
                         if pieces not in self.exempt and (accept is None or accept(full)):
                             results.append(Finding(self._original(pieces), contributions))
                             if stop_at_first:
