@@ -431,11 +431,15 @@ def sample(elapsed, stats, master, url, *, label: str = "") -> dict:
     }
     print(
         f"{label or f'{elapsed:.0f}':>6} {row['requests']:6d} {row['2xx']:6d} {row['4xx']:4d} {row['5xx']:4d} {row['fail']:4d} "
-        f"{row['p99']['single']:8.1f}ms {row['p99']['bulk']:7.1f}ms {row['p99']['read']:7.1f}ms "
+        f"{_ms(row['p99']['single']):>10} {_ms(row['p99']['bulk']):>9} {_ms(row['p99']['read']):>9} "
         f"{' '.join(f'{r:.0f}' for r in rss):>15} {row['db']:7d} {row['load']:5.1f}",
         flush=True,
     )
     return row
+
+
+def _ms(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.1f}ms"
 
 
 def aggregated_cells(url: str) -> Counter:
