@@ -91,7 +91,9 @@ def _client_backends(probe) -> set[int]:
         return {row[0] for row in cur.fetchall()}
 
 
-def _kill_during(args: tuple[str, ...], when, pause: float) -> tuple[set[int], float, str]:
+def _kill_during(
+    args: tuple[str, ...], when, pause: float, *, may_end: bool = False
+) -> tuple[set[int], float, str]:
     """Start `flask ARGS`, stop it once `when(probe, seconds since its first database
     connection)` is true, SIGKILL it `pause` s later; (its backends, time of the kill,
     its output)."""
@@ -108,7 +110,11 @@ def _kill_during(args: tuple[str, ...], when, pause: float) -> tuple[set[int], f
                 time.sleep(0.01)
             connected = time.monotonic()
             while not when(probe, time.monotonic() - connected):
-                assert job.poll() is None, "the job ended before its kill:\n" + job.communicate()[0][-3000:]
+                if job.poll() is not None:
+                    # Ended before its point (a slow control run set it late): a kill
+                    # after the end, which must leave the whole run committed.
+                    assert may_end and job.returncode == 0, job.communicate()[0][-3000:]
+                    return mine, time.monotonic(), job.communicate()[0]
                 mine |= _client_backends(probe) - before
                 time.sleep(0.01)
             # Frozen at once (its backend may still be inside a statement, which then
@@ -216,9 +222,12 @@ def test_compute_aggregation_killed_at_a_random_point_then_rerun_equals_the_clea
     assert compute_aggregation("ctl", force=True).raw_read == 4000
     clean_seconds = time.monotonic() - started
     before = aggregate_cells("m")
-    delay = rnd.uniform(0.05, 0.95) * clean_seconds
+    delay = rnd.uniform(0.05, 0.6) * clean_seconds
     backends, killed_at, output = _kill_during(
-        ("compute-aggregation", "m", "--force"), lambda _, seconds: seconds >= delay, rnd.uniform(0, 0.05)
+        ("compute-aggregation", "m", "--force"),
+        lambda _, seconds: seconds >= delay,
+        rnd.uniform(0, 0.05),
+        may_end=True,
     )
     _wait_gone(backends, killed_at)
     # One transaction: the kill left the previous run's cells, or (past the commit) the new ones.
