@@ -397,3 +397,18 @@ def test_every_cli_command_naming_a_measure_or_topic_matches_it_exactly(runner, 
         else:
             assert_one_line_error(result, command)
     assert changed(before, snapshot()) == set()
+
+
+@each_payload
+def test_each_payload_in_the_other_get_routes_is_404_or_ignored(client, world, payload):
+    """The one path parameter (/api/doc/<filename>) is a name from a fixed list; query
+    parameters of the other GET routes are ignored."""
+    from urllib.parse import quote
+
+    quoted = quote(payload.encode("utf-8", "surrogatepass"), safe="")
+    for name in (quoted, f"..%2F{quoted}", f"{quoted}%00.js"):
+        response = client.get(f"/api/doc/{name}")
+        assert response.status_code == 404 and response.is_json and "error" in response.get_json(), name
+    for path in ("/status", "/openapi.json", "/whoami"):
+        response = client.get(f"{path}?{quoted}={quoted}&x={quoted}", headers=world["/measure"])
+        assert response.status_code == 200, path
