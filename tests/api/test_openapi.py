@@ -13,6 +13,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from dacc import __version__
 from dacc.api.docs import ASSETS, openapi_document
+from dacc.ratelimit import EXEMPT_PATHS as RATE_LIMIT_EXEMPT
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 METHODS = {"get", "post", "put", "patch", "delete"}
@@ -56,6 +57,8 @@ def test_every_operation_documents_its_errors():
             if secured:
                 assert "401" in responses, (path, method)
                 assert "503" in responses, (path, method)
+            if path not in RATE_LIMIT_EXEMPT:
+                assert "429" in responses, (path, method)
             if "requestBody" in operation:
                 assert "400" in responses, (path, method)
             for status, response in responses.items():
