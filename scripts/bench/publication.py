@@ -15,12 +15,12 @@ import datetime as dt
 import importlib.util
 import os
 import time
-from pathlib import Path
 from unittest import mock
 
 from dacc import publication
 from dacc.aggregation import compute
 from dacc.publication.publisher import PublicationResult
+from scripts.bench.cpu import postmaster_pid, tree_seconds
 from scripts.bench.env import ROOT, Environment
 from scripts.bench.figures import Figure
 
@@ -80,23 +80,12 @@ FROM generate_series(0, :n - 1) i
 
 def _cpu_seconds(env) -> float | None:
     """CPU seconds used so far by this process and by the embedded PostgreSQL (its
-    postmaster and every process it started: the backends doing the statements); None
-    on an external database, whose processes are not ours to read."""
-    pid_file = env.tmp / "pgdata" / "postmaster.pid"
-    if os.environ.get("DATABASE_URL") or not pid_file.exists():
+    postmaster and the backends doing the statements); None on an external database,
+    whose processes are not ours to read."""
+    if os.environ.get("DATABASE_URL"):
         return None
-    postmaster = int(pid_file.read_text().split()[0])
-    ticks = 0
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # ended meanwhile
-        if int(entry.name) == postmaster or int(fields[1]) == postmaster:
-            ticks += int(fields[11]) + int(fields[12])  # utime, stime
-    return time.process_time() + ticks / os.sysconf("SC_CLK_TCK")
+    database = tree_seconds(postmaster_pid(env.tmp / "pgdata"))
+    return None if database is None else time.process_time() + database
 
 
 def section_publication(env: Environment) -> list[Figure]:
