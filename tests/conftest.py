@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import os
 import signal
 import uuid
@@ -71,7 +72,27 @@ def session_app(database_url):
     )
     with app.app_context():
         upgrade_to_head()
+    app.wsgi_app = _OwnAppContext(app.wsgi_app)
     return app
+
+
+class _OwnAppContext:
+    """Runs each request of the tests in an app context of its own, as a server does.
+
+    Tests hold the `app` fixture's context open, and Flask reuses a pushed context of the
+    same app for a request: the request would share the test's session, and a connection
+    it checked out (with its deadline, see dacc.deadlines) would stay checked out into
+    later requests, which then fail with 503 once that deadline passed (under load, a
+    test making many requests takes longer than REQUEST_SECONDS). In a fresh
+    contextvars.Context no context is pushed: the request gets its own app context and
+    session, removed at its end, and every connection goes back to the pool.
+    """
+
+    def __init__(self, wsgi_app):
+        self.wsgi_app = wsgi_app
+
+    def __call__(self, environ, start_response):
+        return contextvars.Context().run(self.wsgi_app, environ, start_response)
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 """A frozen PostgreSQL (processes stopped, as a partition or a stuck disk looks) against
-a real served process: every request answers 503 JSON in time, and it recovers."""
+a real served process: every request answers 503 JSON in time, and it recovers. And a
+request's deadline ends with it, also in the tests' own app context."""
 
 import threading
 import time
@@ -85,3 +86,40 @@ def test_the_served_app_recovers_without_restart_once_the_database_thaws(served)
         time.sleep(0.2)
     assert answers == [200, 201]
     assert served.process.pid == pid and served.process.poll() is None
+
+
+class _ShiftedClock:
+    """time.monotonic() moved forward by `offset`, for dacc.deadlines only."""
+
+    def __init__(self):
+        self.offset = 0.0
+
+    def monotonic(self):
+        return time.monotonic() + self.offset
+
+
+def test_a_request_in_the_tests_leaves_no_connection_under_its_deadline(
+    client, auth_header, make_definition, monkeypatch
+):
+    """A POST /measure reads its definition through the session and leaves its read
+    transaction to the request's end. Tests keep an app context open; were the request
+    run in it (Flask reuses it), its connection would stay checked out, watched until
+    the request's deadline, and a later request would get 503 once that passed (the
+    schemathesis test under load). tests/conftest.py gives each request its own."""
+    from dacc import deadlines
+
+    make_definition("m", group1_key=None)
+    headers = auth_header(scopes=["measure:write"])
+    measure = {"measureName": "m", "value": 1, "startDate": "2024-01-01", "createdBy": "app"}
+    clock = _ShiftedClock()
+    monkeypatch.setattr(deadlines, "time", clock)
+    assert client.post("/measure", json=measure, headers=headers).status_code == 201
+    clock.offset = deadlines.REQUEST_SECONDS + 1  # past that request's deadline
+    watchdog = deadlines._watchdog()
+    watchdog.wake.set()
+    waited_until = time.monotonic() + 10
+    while watchdog.watched and time.monotonic() < waited_until:
+        time.sleep(0.01)
+    response = client.post("/measure", json={**measure, "measureName": "n"}, headers=headers)
+    assert response.status_code == 400, response.get_json()
+    assert response.get_json() == {"error": "measureName: no measure definition named 'n'"}

@@ -31,7 +31,9 @@ def test_whoami_with_a_valid_token(client, make_token):
     response = client.get("/whoami", headers={"Authorization": f"Bearer {secret}"})
     assert response.status_code == 200
     assert response.get_json() == {"org": "acme", "scopes": ["aggregate:read"], "tokenId": token.id}
-    assert db.session.get(ApiToken, token.id).last_used_at is not None
+    # The request ran in a session of its own: read the row, not this session's copy.
+    db.session.refresh(token)
+    assert token.last_used_at is not None
 
 
 @pytest.mark.parametrize(
