@@ -158,7 +158,9 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_gunicorn_workers_add_their_metrics_up_in_multiprocess_mode(database_url, tmp_path):
+def test_gunicorn_workers_add_their_metrics_up_in_multiprocess_mode(session_app, database_url, tmp_path):
+    # session_app: the database is migrated (else /status answers 503), also when this
+    # test runs alone.
     (tmp_path / "config.yml").write_text("dacc: {metrics: open}\nlogging: {logger_criticity: warning}\n")
     folder = tmp_path / "prom"
     folder.mkdir()
@@ -175,17 +177,23 @@ def test_gunicorn_workers_add_their_metrics_up_in_multiprocess_mode(database_url
     )
     try:
         base = f"http://127.0.0.1:{port}"
+        # Ready once it answers; probed on a path of its own, so that a probe the client
+        # gave up on but a worker still answers is never one of the /status requests
+        # counted below.
         deadline = time.monotonic() + 60
         while True:
             try:
-                urllib.request.urlopen(base + "/status", timeout=5).read()
+                urllib.request.urlopen(base + "/openapi.json", timeout=5).read()
                 break
             except OSError:
+                assert process.poll() is None, "gunicorn stopped"
                 assert time.monotonic() < deadline, "gunicorn did not start"
                 time.sleep(0.2)
-        for _ in range(19):
-            urllib.request.urlopen(base + "/status", timeout=5).read()
-        text = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
+        for _ in range(20):
+            # Each must be answered (a timeout fails the test rather than leave a request
+            # counted after the read): generous under load.
+            assert urllib.request.urlopen(base + "/status", timeout=30).status == 200
+        text = urllib.request.urlopen(base + "/metrics", timeout=30).read().decode()
         line = 'dacc_http_requests_total{endpoint="/status",method="GET",status="200"}'
         totals = [float(l.split()[-1]) for l in text.splitlines() if l.startswith(line)]
         assert totals == [20.0]
