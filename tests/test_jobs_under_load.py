@@ -5,7 +5,9 @@ tests/aggregation/test_concurrency.py covers one aggregation loop against single
 measures; here two runner processes alternate `jobs run` (runner lock, aggregation,
 publication, purge) and `compute-all-aggregations --force` (the measure's own lock),
 so that runs of both kinds overlap each other and the writers, who send single and
-bulk measures, some of them invalid, over keep-alive connections, for a fixed time.
+bulk measures, some of them invalid, over keep-alive connections, until the runners
+have done enough runs that read measures (at least WRITE_SECONDS; on a loaded machine
+the runners start late and run slowly, so a fixed time would not be enough).
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ from tests.conftest import Served
 
 WRITERS = 8
 WRITE_SECONDS = 10.0
+MAX_WRITE_SECONDS = 150.0
+OVERLAPPING_RUNS = 4
+"""Runs that read new measures, needed (with a run of each kind) before the writers stop."""
 DAYS = ("2024-07-01", "2024-07-02", "2024-07-03")
 
 RUNNER = """
@@ -99,12 +104,12 @@ def _measure(rnd: random.Random) -> tuple[dict, tuple | None]:
     return body, (day, g1)
 
 
-def _write(port, secret, seed, until, tally, lock):
+def _write(port, secret, seed, done, tally, lock):
     rnd = random.Random(seed)
     counted, statuses = Counter(), Counter()
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     headers = {"Authorization": f"Bearer {secret}", "Content-Type": "application/json"}
-    while time.monotonic() < until:
+    while not done():
         if rnd.random() < 0.1:
             items = [_measure(rnd) for _ in range(rnd.randint(2, 50))]
             path, body = "/measures", [b for b, _ in items]
@@ -141,23 +146,66 @@ def _runner(stack, stop, turn):
     )
 
 
+class _Output:
+    """A process's stdout and stderr, read as it runs (its runs are counted meanwhile)."""
+
+    def __init__(self, process):
+        self.process = process
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self.threads = [
+            threading.Thread(target=self._read, args=(stream, lines), daemon=True)
+            for stream, lines in ((process.stdout, self.out), (process.stderr, self.err))
+        ]
+        for thread in self.threads:
+            thread.start()
+
+    @staticmethod
+    def _read(stream, lines):
+        for line in stream:
+            lines.append(line)
+
+    def runs(self) -> list[list[str]]:
+        return [line.split() for line in list(self.out)]
+
+    def wait(self, timeout):
+        self.process.wait(timeout)
+        for thread in self.threads:
+            thread.join(timeout)
+        return "".join(self.out), "".join(self.err)
+
+
+def _overlapped(runs) -> bool:
+    """Enough runs read new measures, and both kinds ran: what the test asserts."""
+    reading = sum(1 for r in runs if len(r) == 3 and int(r[1]) > 0)
+    return reading >= OVERLAPPING_RUNS and {r[0] for r in runs} >= {"jobs", "all"}
+
+
 def test_eight_writers_and_two_job_runners_count_each_accepted_measure_once(stack, tmp_path):
     stop = tmp_path / "stop"
     runners = [_runner(stack, stop, turn) for turn in (0, 1)]
+    readers = [_Output(runner) for runner in runners]
     tally, lock = {"counted": Counter(), "statuses": Counter()}, threading.Lock()
-    until = time.monotonic() + WRITE_SECONDS
+    started = time.monotonic()
+
+    def done():
+        elapsed = time.monotonic() - started
+        if elapsed >= MAX_WRITE_SECONDS or any(runner.poll() is not None for runner in runners):
+            return True  # the assertions below say what went wrong
+        return elapsed >= WRITE_SECONDS and _overlapped([r for reader in readers for r in reader.runs()])
+
     writers = [
-        threading.Thread(target=_write, args=(stack.port, stack.secret, seed, until, tally, lock))
+        threading.Thread(target=_write, args=(stack.port, stack.secret, seed, done, tally, lock))
         for seed in range(WRITERS)
     ]
     try:
         for writer in writers:
             writer.start()
         for writer in writers:
-            writer.join(WRITE_SECONDS + 30)
+            writer.join(MAX_WRITE_SECONDS + 30)
     finally:
         stop.touch()
-        outputs = [runner.communicate(timeout=60) for runner in runners]
+        outputs = [reader.wait(timeout=60) for reader in readers]
     for runner, (_, err) in zip(runners, outputs):
         assert runner.returncode == 0, err[-3000:]
     runs = [line.split() for out, _ in outputs for line in out.splitlines()]
@@ -167,7 +215,7 @@ def test_eight_writers_and_two_job_runners_count_each_accepted_measure_once(stac
     # Each runner failed nothing; the runs really overlapped the writes and each other.
     assert not any(r[0] != "jobs" or r[1] != "conflict" for r in runs if len(r) == 2), runs
     assert all(int(r[2]) == 0 for r in runs if len(r) == 3), runs
-    assert sum(1 for r in runs if len(r) == 3 and int(r[1]) > 0) >= 4, runs
+    assert sum(1 for r in runs if len(r) == 3 and int(r[1]) > 0) >= OVERLAPPING_RUNS, runs
     assert {r[0] for r in runs} >= {"jobs", "all"}, runs
 
     final = _runner(stack, stop, 1)  # one compute-all-aggregations, then out
