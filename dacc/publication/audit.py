@@ -189,6 +189,33 @@ class Audit:
         self._rollback(undo)
         return False
 
+    def try_add_all(self, vectors) -> bool:
+        """Record all these versions if together they make no small set computable that
+        was not before; else record none. Then one by one each would have been accepted
+        too: what any first few of them make computable, all of them do. One search for
+        the lot, from every row they added or changed."""
+        undos, steps = [], []
+        for vector in vectors:
+            self._last = None
+            columns = self._columns(vector)
+            if self._known_at_once(columns):
+                undos.append(self._last)
+                continue
+            reduced = self._reduce(columns)
+            nonzero = np.flatnonzero(reduced)
+            if len(nonzero) == 0:
+                continue
+            undo = self._insert(reduced)
+            undos.append(undo)
+            if nonzero[0] >= self.n_big:  # a big pivot leaves W as it was
+                steps.append(undo)
+        self._last = None
+        if steps and self._violation(*steps) is not None:
+            for undo in reversed(undos):
+                self._rollback(undo)
+            return False
+        return True
+
     def revert_last(self) -> None:
         """Undo the version the last try_add accepted (the sums' audit refused it)."""
         if self._last is not None:
@@ -264,21 +291,26 @@ class Audit:
     def _w_rows(self) -> list[int]:
         return [i for i, p in enumerate(self.pivots) if p >= self.n_big]
 
-    def _violation(self, undo: _Undo) -> Finding | None:
-        """A small set computable now but not before the insertion `undo` records.
+    def _violation(self, *steps: _Undo) -> Finding | None:
+        """A small set computable now but not before the insertions `steps` record.
 
         A new vector of W is a sum of rows of which at least one is new or was changed
-        by the insertion (the others span only what was there before). A total t of the
-        new basis is sum(t[p_i] row_i); the changed rows are their old selves minus
-        factor_i times the new row r, so t was already spanned exactly when its
-        coefficient on r, t[j] - sum(t[p_i] factor_i) over the changed rows, is zero.
+        by an insertion (the others span only what was there before). A total t of the
+        basis after an insertion is sum(t[p_i] row_i); the rows it changed are their old
+        selves minus factor_i times the new row r, so t was already spanned before it
+        exactly when its coefficient on r, t[j] - sum(t[p_i] factor_i) over the changed
+        rows, is zero. Over several insertions, t was spanned before them all when that
+        holds for each (read from t's values alone, whatever the order).
         """
-        pivots = self.pivots[undo.changed]
+        tests = [(undo.pivot, self.pivots[undo.changed], undo.factors) for undo in steps]
 
         def new(total: np.ndarray) -> bool:
-            return (int(total[undo.pivot]) - int(total[pivots] @ undo.factors % PRIME)) % PRIME != 0
+            return any(
+                (int(total[pivot]) - int(total[pivots] @ factors % PRIME)) % PRIME != 0
+                for pivot, pivots, factors in tests
+            )
 
-        roots = [int(r) for r in undo.changed] + [undo.row]
+        roots = list(dict.fromkeys(int(r) for undo in steps for r in (*undo.changed, undo.row)))
         found = self._search(roots, canonical=False, stop_at_first=True, accept=new)
         if found:
             return found[0]
@@ -289,7 +321,9 @@ class Audit:
     def _search(self, roots, *, canonical: bool, stop_at_first: bool, accept=None) -> list[Finding]:
         """Sets of W rows holding one of `roots` whose sum is a small 0/1 vector.
 
-        Depth first, within SEARCH_BUDGET states. While the partial sum has an entry
+        Depth first, within SEARCH_BUDGET sets examined; the sets one set grows into
+        are summed and judged together (one array operation, not one per set), and only
+        those that can still grow are searched further. While the partial sum has an entry
         outside {0, 1}, only a row that is non-zero there can mend it, so only those
         extend the set; a 0/1 partial sum extends by any row sharing a column (the set
         stays connected). `canonical`: a set is reached only from its smallest row.
@@ -321,53 +355,119 @@ class Audit:
         is_pivot[np.searchsorted(held, [self.pivots[r] - self.n_big for r in w_rows])] = True
         limit = self.k - 1
         results: list[Finding] = []
-        seen: set[frozenset] = set()
+        seen: set[int] = set()  # sets of rows as bit masks
         examined = 0
+
+        def finds(totals: np.ndarray) -> list[int]:
+            """Which of these sums (one per row) are findings: 0/1, 1..k-1 contributions,
+            not exempt, accepted."""
+            binary = np.flatnonzero((totals <= 1).all(axis=1))
+            if not len(binary):
+                return []
+            contributions = np.zeros(len(totals), dtype=np.int64)
+            contributions[binary] = totals[binary] @ small_counts
+            small = binary[(contributions[binary] >= 1) & (contributions[binary] <= limit)]
+            hits = []
+            for i in small:
+                pieces = frozenset(int(held[c]) + self.n_big for c in np.flatnonzero(totals[i]))
+                if pieces in self.exempt:
+                    continue
+                if accept is not None:
+                    full = np.zeros(len(self.counts), dtype=np.int64)
+                    full[self.n_big + held] = totals[i]
+                    if not accept(full):
+                        continue
+                results.append(Finding(self._original(pieces), int(contributions[i])))
+                hits.append(int(i))
+                if stop_at_first:
+                    break
+            return hits
+
         for start in roots:
             floor = start if canonical else -1
-            stack = [((start,), rows[start] % PRIME, int(pivot_counts[start]))]
-            seen.add(frozenset([start]))
+            total = rows[start] % PRIME
+            seen.add(1 << start)
+            if finds(total[None, :]) and stop_at_first:
+                return results
+            stack = [((start,), 1 << start, total, int(pivot_counts[start]))]
             while stack:
-                members, total, used = stack.pop()
-                examined += 1
-                if examined > SEARCH_BUDGET:
-                    self._exhausted = True
-                    return results
-                bad = np.flatnonzero(total > 1)  # entries are residues: neither 0 nor 1
-                contributions = 0
-                if len(bad) == 0:
-                    contributions = int(small_counts @ total)
-                    if 1 <= contributions <= limit:
-                        pieces = frozenset(int(held[i]) + self.n_big for i in np.flatnonzero(total))
-                        full = np.zeros(len(self.counts), dtype=np.int64)
-                        full[self.n_big + held] = total
-                        if pieces not in self.exempt and (accept is None or accept(full)):
-                            results.append(Finding(self._original(pieces), contributions))
-                            if stop_at_first:
-                                return results
+                members, mask, total, used = stack.pop()
                 if len(members) >= limit or used >= limit:
                     continue
+                bad = np.flatnonzero(total > 1)  # entries are residues: neither 0 nor 1
                 if len(bad):
                     # Only a row non-zero there can mend an entry: the rarest column.
                     extensions = by_column(int(bad[np.argmin(degree[bad])]))
-                elif contributions > limit:
-                    # Too many: some non-pivot 1 must be cancelled (a pivot cannot be).
+                elif int(small_counts @ total) > limit:
+                    # Too many: non-pivot 1s must be cancelled (a pivot cannot be). At most
+                    # `room` - 1 of them can stay (each holds a contribution, and a joining
+                    # row takes one by its pivot), so one of any `room` of them is hit by
+                    # a joining row: the rows holding one of the `room` rarest.
                     ones = np.flatnonzero(total & ~is_pivot)
-                    extensions = np.unique(np.concatenate([by_column(c) for c in ones])) if len(ones) else ()
+                    rarest = ones[np.argsort(degree[ones], kind="stable")[: limit - used]]
+                    extensions = np.flatnonzero(support[:, rarest].any(axis=1))
                 else:
                     extensions = np.flatnonzero(support[list(members)].any(axis=0) @ support.T)
-                for other in extensions:
-                    other = int(other)
-                    if other in members or other < floor:
-                        continue
-                    spent = used + int(pivot_counts[other])
-                    if spent > limit:
-                        continue
-                    grown = frozenset(members) | {other}
-                    if grown in seen:
-                        continue
-                    seen.add(grown)
-                    stack.append((members + (other,), (total + rows[other]) % PRIME, spent))
+                costs = used + pivot_counts[extensions]
+                keep = (costs <= limit) & (extensions >= floor)
+                grown, spent = [], []
+                for other, cost in zip(extensions[keep].tolist(), costs[keep].tolist()):
+                    key = mask | (1 << other)
+                    if key != mask and key not in seen:
+                        seen.add(key)
+                        grown.append(other)
+                        spent.append(cost)
+                if not grown:
+                    continue
+                examined += len(grown)
+                if examined > SEARCH_BUDGET:
+                    self._exhausted = True
+                    return results
+                # The sets this one grows into, summed together; each is a finding or
+                # not at once, and only those with room left are searched further.
+                totals = (total + rows[grown]) % PRIME
+                if finds(totals) and stop_at_first:
+                    return results
+                if len(members) + 1 >= limit:
+                    continue
+                # A set that can take one more row at most and has an entry outside {0, 1}
+                # is finished here: the row must bring that entry (its rarest) to 0 or 1,
+                # which few rows do exactly; only those are tried, all at once.
+                last = [i for i, cost in enumerate(spent) if cost < limit]
+                mending = []
+                if len(members) + 3 > limit or min(spent) + 2 > limit:
+                    one_more = [i for i in last if len(members) + 3 > limit or spent[i] + 2 > limit]
+                    broken = totals[one_more] > 1
+                    mending = [i for i, b in zip(one_more, broken.any(axis=1)) if b]
+                    if mending:
+                        worst = np.where(broken[broken.any(axis=1)], degree, np.iinfo(np.int64).max).argmin(
+                            axis=1
+                        )
+                        needed = totals[mending, worst]
+                        values = rows[:, worst]
+                        fits = (values == (PRIME - needed) % PRIME) | (values == (PRIME + 1 - needed) % PRIME)
+                        children, closing = [], []
+                        for n, i in enumerate(mending):
+                            child_mask = mask | (1 << grown[i])
+                            for other in np.flatnonzero(fits[:, n]).tolist():
+                                key = child_mask | (1 << other)
+                                if (
+                                    key != child_mask
+                                    and other >= floor
+                                    and spent[i] + pivot_counts[other] <= limit
+                                    and key not in seen
+                                ):
+                                    seen.add(key)
+                                    children.append(i)
+                                    closing.append(other)
+                        if closing:
+                            examined += len(closing)
+                            if finds((totals[children] + rows[closing]) % PRIME) and stop_at_first:
+                                return results
+                done = set(mending)
+                for i in last:
+                    if i not in done:
+                        stack.append((members + (grown[i],), mask | (1 << grown[i]), totals[i], spent[i]))
         return results
 
     def _original(self, pieces: frozenset[int]) -> frozenset[int]:

@@ -78,6 +78,7 @@ def publish_measure(conn, name: str, *, full: bool = False) -> PublicationResult
     if scope:
         params["starts"] = [s.start_date for s in scope]
         params["apps"] = [s.created_by for s in scope]
+        conn.execute(sa.text(sql.HASH_JOINS))
         conn.execute(sa.text(sql.UPDATE_LEAVES), params)
         chosen = []
         params["values"] = definition.p_percent is not None
@@ -91,6 +92,7 @@ def publish_measure(conn, name: str, *, full: bool = False) -> PublicationResult
             # the planner more than the statement's execution.
             arrays = {"ids": _array_literal(ids), "shapes": _array_literal(shapes)}
             conn.execute(sa.text(sql.PUBLISH), {**params, **arrays})
+        conn.execute(sa.text(sql.PLAN_AS_USUAL))
         result.published = len(chosen)
     conn.execute(sa.text(sql.SAVE_STATE), params)
     log.debug(
@@ -341,6 +343,7 @@ def decide(hierarchy: Hierarchy, definition, epoch: int) -> tuple[list[tuple[int
     candidates.sort(key=lambda c: c[:4])
     settled = _new_pieces_of_plain_cells(space, audits, candidates, definition, epoch)
     accepted, withheld = [], 0
+    run = []  # consecutive versions the audits decide together
     for _, _, _, aggregate_id, groups, row in candidates:
         if aggregate_id in settled:
             accepted.append((aggregate_id, settled[aggregate_id]))
@@ -352,11 +355,39 @@ def decide(hierarchy: Hierarchy, definition, epoch: int) -> tuple[list[tuple[int
         vector = space.vector(groups, epoch)
         # A row that hides its sum counts as withheld for the sums' audit: a total
         # above it must not give that sum away.
-        if audits.try_add(vector, with_sum=shape not in ("counts", "count")):
+        with_sum = shape not in ("counts", "count")
+        if with_sum and not audits.forked:
+            run.append((aggregate_id, shape, vector))
+            continue
+        withheld += _decide_together(audits, run, accepted)
+        run = []
+        if audits.try_add(vector, with_sum=with_sum):
             accepted.append((aggregate_id, shape))
         else:
             withheld += 1
+    withheld += _decide_together(audits, run, accepted)
     return accepted, withheld
+
+
+def _decide_together(audits: AuditPair, run: list, accepted: list) -> int:
+    """Decide consecutive versions that serve their sum while the audits are one, as
+    the one-by-one loop would: all at once when together they disclose nothing new
+    (then so does each in turn), else each half in order; appends to `accepted` and
+    returns how many were withheld. Late data trickling into many cells makes runs of
+    wildcard versions that each need a search: this is one search for most runs."""
+    if not run:
+        return 0
+    if len(run) == 1:
+        aggregate_id, shape, vector = run[0]
+        if audits.try_add(vector, with_sum=True):
+            accepted.append((aggregate_id, shape))
+            return 0
+        return 1
+    if audits.counts.try_add_all([vector for _, _, vector in run]):
+        accepted.extend((aggregate_id, shape) for aggregate_id, shape, _ in run)
+        return 0
+    half = len(run) // 2
+    return _decide_together(audits, run[:half], accepted) + _decide_together(audits, run[half:], accepted)
 
 
 def _new_pieces_of_plain_cells(space: PieceSpace, audits: AuditPair, candidates, definition, epoch) -> dict:

@@ -14,7 +14,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dacc.publication.audit import Audit
+from dacc.publication.audit import PRIME, Audit
 
 
 def _rank(rows: list[list[int]]) -> int:
@@ -146,3 +146,118 @@ def test_rows_added_together_hold_what_adding_them_one_by_one_holds(seed):
         if vector.any():
             assert together.try_add(vector) == one_by_one.try_add(vector)
     assert {f.pieces for f in together.findings()} == {f.pieces for f in one_by_one.findings()}
+
+
+def test_a_set_that_keeps_the_rarest_piece_of_a_large_sum_is_found():
+    # (0, 1, 4) - (0, 3, 4) + (2, 3, 4) = (1, 2, 4): 4 contributions < k. The search
+    # grows from a sum of five contributions that must lose some of its pieces, and the
+    # set it finds keeps the piece fewest rows hold (1): the rows tried must be those
+    # holding any of several pieces, not only the rarest.
+    audit = Audit([2, 1, 1, 2, 2], 5)
+    audit.add(np.array([1, 1, 0, 0, 1], dtype=bool))
+    audit.add(np.array([1, 0, 0, 1, 1], dtype=bool))
+    assert audit.try_add(np.array([0, 0, 1, 1, 1], dtype=bool)) is False
+    assert _disclosed([[1, 1, 0, 0, 1], [1, 0, 0, 1, 1], [0, 0, 1, 1, 1]], [2, 1, 1, 2, 2], 5) == {
+        frozenset({1, 2, 4})
+    }
+
+
+def _findings_by_enumeration(audit: Audit) -> set[frozenset[int]]:
+    """Every small set a sum of W rows gives away, trying every set of rows: the search's
+    own ground truth (a 0/1 vector of W is the sum of the rows at its pivots)."""
+    w_rows = [i for i, p in enumerate(audit.pivots) if p >= audit.n_big]
+    limit = audit.k - 1
+    pivot_counts = audit.counts[audit.pivots[w_rows]] if w_rows else np.zeros(0, dtype=np.int64)
+    found = set()
+    for size in range(1, min(limit, len(w_rows)) + 1):
+        chosen = np.array(list(itertools.combinations(range(len(w_rows)), size)), dtype=np.int64)
+        chosen = chosen[pivot_counts[chosen].sum(axis=1) <= limit]
+        totals = audit.basis[np.array(w_rows)[chosen]].sum(axis=1) % PRIME
+        contributions = totals @ audit.counts
+        for total in totals[~(totals > 1).any(axis=1) & (contributions >= 1) & (contributions <= limit)]:
+            found.add(frozenset(int(audit.original[c]) for c in np.flatnonzero(total)))
+    return found
+
+
+def _trickling_grid(seed: int):
+    """Wildcard rows (every row, column and the total) of a 4 x 5 grid of cells, served
+    at each of 3 epochs, with each cell's contributions split over the epochs (most
+    pieces small, a few big) and a few cells served alone: the versions of the first two
+    epochs recorded whatever they give away, those of the last one tried, each checked
+    against every set of rows of the audit with and without it."""
+    rng = np.random.default_rng(seed)
+    rows_a, rows_b, epochs = 4, 5, 3
+    cells = rows_a * rows_b
+    counts = rng.integers(0, 4, (epochs, cells)) + (rng.random((epochs, cells)) < 0.15) * 6
+    audit = Audit(np.maximum(counts, 1).ravel(), 5)
+    grid = np.arange(cells).reshape(rows_a, rows_b)
+    lines = [grid[a] for a in range(rows_a)] + [grid[:, b] for b in range(rows_b)] + [grid.ravel()]
+    for epoch in range(epochs):
+        for members in lines + [[c] for c in rng.choice(cells, 3)]:
+            vector = np.zeros((epochs, cells), dtype=bool)
+            vector[: epoch + 1, members] = True
+            if epoch < epochs - 1:
+                audit.add(vector.ravel())
+                continue
+            before = _findings_by_enumeration(audit)
+            probe = audit.copy()
+            probe.add(vector.ravel())
+            assert audit.try_add(vector.ravel()) == (_findings_by_enumeration(probe) <= before)
+    return audit
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**32 - 1))
+def test_the_search_finds_every_set_on_grids_of_trickling_cells(seed):
+    """The search against every set of rows, on hierarchies too large for the rational
+    oracle: each decision, then the findings of what was served."""
+    audit = _trickling_grid(seed)
+    found = {f.pieces for f in audit.findings()}
+    disclosed = _findings_by_enumeration(audit)
+    unions = {a | b for a in disclosed for b in disclosed if not a & b}
+    assert disclosed - unions <= found <= disclosed
+    assert not audit.undecided()
+
+
+@settings(max_examples=150, deadline=None)
+@given(hierarchies)
+def test_versions_decided_together_are_accepted_exactly_when_each_would_be_in_turn(case):
+    k, counts, vectors = case
+    forced, tried = vectors[: len(vectors) // 3], [v for v in vectors[len(vectors) // 3 :] if any(v)]
+    together, one_by_one = Audit(counts, k), Audit(counts, k)
+    for vector in forced:
+        together.add(np.array(vector, dtype=bool))
+        one_by_one.add(np.array(vector, dtype=bool))
+    before = (together.rank, together.basis.copy(), together.known.copy())
+    each = [one_by_one.try_add(np.array(v, dtype=bool)) for v in tried]
+    assert together.try_add_all([np.array(v, dtype=bool) for v in tried]) == all(each)
+    if all(each):
+        assert {f.pieces for f in together.findings()} == {f.pieces for f in one_by_one.findings()}
+    else:  # nothing recorded: the audit is as it was
+        assert together.rank == before[0]
+        assert np.array_equal(together.basis, before[1]) and np.array_equal(together.known, before[2])
+
+
+def test_a_set_two_versions_give_away_only_together_refuses_them_together():
+    # (1, 2) was served; (0, 1, 2, 3) and (0, 1, 3) are each fine with it, but together
+    # they give piece 2 (1 contribution) away.
+    audit = Audit([3, 3, 1, 1], 4)
+    audit.add(np.array([0, 1, 1, 0], dtype=bool))
+    first, second = np.array([1, 1, 1, 1], dtype=bool), np.array([1, 1, 0, 1], dtype=bool)
+    assert audit.copy().try_add(second)
+    assert audit.try_add_all([first, second]) is False
+    assert audit.rank == 1
+    assert audit.try_add_all([first]) and audit.try_add(second) is False
+
+
+def test_a_set_given_away_by_an_early_version_of_a_batch_refuses_the_batch():
+    # (1, 2, 3) - (1, 2) is piece 3 (1 contribution); (4, 5, 6, 7) after it, 4 = k
+    # contributions of its own, gives nothing away and changes no row that finding uses.
+    audit = Audit([3, 3, 1, 1, 1, 1, 1, 1], 4)
+    audit.add(np.array([0, 1, 1, 0, 0, 0, 0, 0], dtype=bool))
+    early = np.array([0, 1, 1, 1, 0, 0, 0, 0], dtype=bool)
+    late = np.array([0, 0, 0, 0, 1, 1, 1, 1], dtype=bool)
+    assert audit.copy().try_add(late)
+    assert audit.try_add_all([early, late]) is False
+    assert audit.try_add_all([late, early]) is False
+    assert audit.try_add_all([late])
