@@ -335,6 +335,12 @@ def _run(plan: _Plan, *, force: bool) -> AggregationResult:
                 transaction.rollback()
             else:
                 transaction.commit()
+        except _StalePlan:
+            # Planned again at once: the rollback releases the measure's lock now (an
+            # invalidated connection's backend holds it until it notices, and the next
+            # attempt would find the measure held by this one).
+            transaction.rollback()
+            raise
         except BaseException:
             # Whatever happened, no lock may outlive this run on a pooled connection.
             conn.invalidate()

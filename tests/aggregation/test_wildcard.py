@@ -212,17 +212,12 @@ def test_a_definition_changed_before_the_lock_is_planned_again(app, make_definit
     assert starred == [1]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="race in dacc/aggregation/compute.py: a stale plan's attempt ends by invalidating"
-    " its connection, whose backend releases the measure's lock only once it has noticed;"
-    " the retry tries that lock at once and skips the run ('another run holds measure m')."
-    " Rolling the transaction back before re-planning releases it at once.",
-)
 def test_a_replanned_run_is_not_skipped_by_its_own_first_attempt(app, make_definition):
-    """As test_a_definition_changed_before_the_lock_is_planned_again, with the first
-    attempt's backend slow to end, as on a loaded machine: held (SIGSTOP) from the
-    moment its connection is dropped until the run returned."""
+    """As test_a_definition_changed_before_the_lock_is_planned_again, with a backend
+    slow to end, as on a loaded machine: any connection the run drops is held (SIGSTOP)
+    until the run returned. The stale attempt must release the measure's lock itself
+    (roll back), not leave it to a dropped connection's backend, or the retry finds the
+    measure held and skips the run."""
     stale = make_definition("m")
     insert_raw("m", [(Decimal("2"), DAY, "app", {"g1": "a"}, None, None)])
     assert stale.wildcard_groups == []
