@@ -44,6 +44,9 @@ class PurgeResult:
     """Candidates not aggregated yet; when > 0 nothing was deleted."""
     forgotten: int = 0
     """Contributor state rows deleted (cell_contributor, contributor_quota): see _FORGET."""
+    quartile_states_dropped: int = 0
+    """Cells past maxDaysToUpdateQuartile whose quartile state went (_AGE_QUARTILE_STATE);
+    the cells stamped by the batches lose theirs too, counted in `stamped`."""
     error: str | None = None
     seconds: float = 0.0
 
@@ -100,6 +103,7 @@ _LOCK_STATE = "SELECT 1 FROM aggregation_state WHERE measure_name = :name FOR SH
 #   it cannot push it off that index.
 # - The delete goes by ctid (a TID scan): no join against the whole table.
 # - :purged_at is the same for every batch of a run, so a cell is stamped once per run.
+# - A stamped cell loses its quartile state (a copy of its raw values) with its rows.
 # - {forget}: what the stamped cells' contributor state no longer needs (see _FORGET).
 _DELETE_BATCH = f"""
 WITH batch AS (
@@ -126,7 +130,7 @@ WITH batch AS (
     FROM gone
 ), stamped AS (
     UPDATE aggregate a
-    SET last_raw_measures_purged = :purged_at
+    SET last_raw_measures_purged = :purged_at, quartile_values = NULL
     FROM cells c
     WHERE a.measure_name = :name
       AND a.start_date = c.start_date
@@ -185,6 +189,23 @@ WHERE measure_name = :name
 """
 
 
+# Quartile state (aggregate.quartile_values, a sorted copy of a cell's raw values) is
+# kept for the cells whose quartiles still follow new measures: those that start within
+# maxDaysToUpdateQuartile days ago or later, of a definition with quartiles (without
+# quartiles, every cell's state goes). An older cell that still gets a late measure
+# reads its raw rows instead. A range of ix_aggregate_quartile_state: only the cells
+# that have state, past the limit.
+_AGE_QUARTILE_STATE = """
+UPDATE aggregate
+SET quartile_values = NULL
+WHERE measure_name = :name
+  AND quartile_values IS NOT NULL
+  AND start_date < CASE WHEN CAST(:quartiles AS boolean)
+                        THEN CAST(now() AS timestamp) - make_interval(days => :quartile_days)
+                        ELSE CAST('infinity' AS timestamp) END
+"""
+
+
 def _delete_batch_statement(definition: MeasureDefinition) -> str:
     if not definition.with_quartiles:
         return _DELETE_BATCH.format(forget="", forgotten="0")
@@ -214,8 +235,10 @@ def purge_raw_measures(
     finishes it. measureId tombstones (measure_key) are never touched. Contributor
     state goes where no later measure can use it: the hashes and quotas of a quartile
     measure's stamped cells, with the stamp (_FORGET), and the quotas of a definition
-    without a cap. `on_batch` is
-    called with the running result after each committed batch.
+    without a cap. Quartile state (a sorted copy of a cell's values) goes from every
+    cell a batch stamps, and first from the cells past maxDaysToUpdateQuartile
+    (_AGE_QUARTILE_STATE). `on_batch` is called with the running result after each
+    committed batch.
     Raises NotFound for an unknown name, BadRequest for days < 1.
     """
     started = time.monotonic()
@@ -231,6 +254,16 @@ def purge_raw_measures(
     _lift_statement_timeout()
     params["purged_at"], params["cutoff"] = _clock(result.days)
     result.not_aggregated = _count_unseen(params)
+    db.session.commit()
+    # Whatever the raw rows' fate: ageing depends on the cells' dates only.
+    result.quartile_states_dropped = db.session.execute(
+        sa.text(_AGE_QUARTILE_STATE),
+        {
+            "name": definition.name,
+            "quartiles": definition.with_quartiles,
+            "quartile_days": definition.max_days_to_update_quartile,
+        },
+    ).rowcount
     db.session.commit()
     result.cutoff = params["cutoff"]
     if result.refused:
@@ -255,11 +288,13 @@ def purge_raw_measures(
         params["after_ts"] = batch.last_ts
     result.seconds = time.monotonic() - started
     log.info(
-        "purge %s: %d rows deleted, %d aggregates stamped, %d contributor rows forgotten in %.1f s",
+        "purge %s: %d rows deleted, %d aggregates stamped, %d contributor rows forgotten,"
+        " %d quartile states dropped in %.1f s",
         result.measure_name,
         result.deleted,
         result.stamped,
         result.forgotten,
+        result.quartile_states_dropped,
         result.seconds,
     )
     return result

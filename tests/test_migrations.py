@@ -113,3 +113,46 @@ def test_two_concurrent_db_upgrades_migrate_once(unmigrated_app, tmp_path):
     # no migration of its own.
     first_steps = [log.read_text().count("Running upgrade  -> 0001") for _, log in runs]
     assert sorted(first_steps) == [0, 1]
+
+
+def _quartile_state_schema():
+    with db.engine.connect() as conn:
+        return conn.execute(
+            sa.text(
+                "SELECT a.attstorage, format_type(a.atttypid, a.atttypmod),"
+                "       (SELECT pg_get_expr(i.indpred, i.indrelid) FROM pg_index i"
+                "        WHERE i.indexrelid = to_regclass('ix_aggregate_quartile_state'))"
+                " FROM pg_attribute a"
+                " WHERE a.attrelid = 'aggregate'::regclass AND a.attname = 'quartile_values'"
+                "   AND NOT a.attisdropped"
+            )
+        ).first()
+
+
+def test_quartile_state_migration_adds_and_removes_the_column_and_its_index(unmigrated_app):
+    """Migration 0012: float8[] stored out of line uncompressed, a partial index of the
+    cells that have it; its downgrade leaves the aggregates as they were."""
+    from flask_migrate import downgrade, upgrade
+
+    upgrade(revision="0012_quartile_state")
+    assert tuple(_quartile_state_schema()) == ("e", "double precision[]", "(quartile_values IS NOT NULL)")
+    with db.engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO measure_definition (name, org, aggregation_period, execution_frequency)"
+                " VALUES ('m', 'org', 'day', 'day')"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO aggregate (measure_name, start_date, created_by, count, count_not_zero, sum,"
+                " sum_squares, min, max, avg, std, contributors, largest_value, median, quartile_values)"
+                " VALUES ('m', '2024-01-01', 'app', 2, 2, 3, 5, 1, 2, 1.5, 0.7, 2, 2, 1.5, ARRAY[1.0, 2.0])"
+            )
+        )
+    downgrade(revision="0011_publication_fillfactor")
+    assert _quartile_state_schema() is None
+    with db.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count, median FROM aggregate")).one() == (2, 1.5)
+    upgrade()
+    assert _quartile_state_schema() is not None

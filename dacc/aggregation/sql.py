@@ -111,7 +111,7 @@ HI2_NONE = "CAST(NULL AS numeric)"
 CELL_COLUMNS = """(measure_name, start_date, created_by, group1, group2, group3,
         count, count_not_zero, sum, sum_squares, min, max, avg, std,
         median, first_quartile, third_quartile, last_updated,
-        contributors, largest_value, second_largest_value)"""
+        contributors, largest_value, second_largest_value, quartile_values)"""
 """The aggregate columns MERGE and WILDCARD insert, in the order of their SELECT lists."""
 SAME_CELL = """c.start_date = f.start_date AND c.created_by = f.created_by
         AND coalesce(c.group1, 'null') = coalesce(f.group1, 'null')
@@ -123,10 +123,11 @@ object or NULL, never the JSON null."""
 # Merge the new raw rows of one level into its cells: one INSERT ... SELECT ... GROUP BY
 # ... ON CONFLICT DO UPDATE. Cells keep exact sums (count, sum, sum of squares,
 # extremes) so that a merge gives the same numbers as a recompute. With quartiles, the
-# touched cells get median and quartiles from ALL their raw rows in the same statement
-# ({quartiles}, {quartiles_from}, {quartiles_merged}); when the measure had no cell at
-# all, every row of every cell is new and the GROUP BY computes them
-# ({fresh_percentiles}) without a second read.
+# touched cells get median and quartiles of ALL their values in the same statement
+# ({quartiles}, {state}, {quartiles_from}, {quartiles_merged}): a plain cell from its
+# stored sorted values and the new ones (STORED_CELL_STATE), a wildcard cell from its
+# raw rows; when the measure had no cell at all, every row of a wildcard cell is new and
+# the GROUP BY computes them ({fresh_percentiles}) without a second read.
 # Contributors: each (cell, contributor) of the new rows goes into cell_contributor;
 # the unique index keeps those already counted out, and what it let in is the cell's
 # gain in distinct contributors (exact, whatever was purged from raw_measure: the
@@ -160,7 +161,7 @@ WITH added AS (
     SELECT :name, f.start_date, f.created_by, f.group1, f.group2, f.group3,
            f.n, f.n_not_zero, f.s, f.ss, f.lo, f.hi, f.s / f.n, {std_new},
            {quartiles}, now(),
-           f.anonymous + coalesce(c.n, 0), f.hi, f.hi2
+           f.anonymous + coalesce(c.n, 0), f.hi, f.hi2, {state}
     FROM fresh f
     LEFT JOIN gained c ON """
     + SAME_CELL
@@ -194,6 +195,7 @@ SECOND_MERGED = """GREATEST(
             LEAST(a.largest_value, EXCLUDED.largest_value),
             a.second_largest_value, EXCLUDED.second_largest_value)"""
 NO_QUARTILES = "NULL, NULL, NULL"
+NO_STATE = "NULL"
 QUARTILES = "q.p[2], q.p[1], q.p[3]"
 FRESH_QUARTILES = "f.p[2], f.p[1], f.p[3]"
 PERCENTILES = "percentile_cont(ARRAY[0.25, 0.5, 0.75]) WITHIN GROUP (ORDER BY r.value)"
@@ -201,51 +203,83 @@ PERCENTILES = "percentile_cont(ARRAY[0.25, 0.5, 0.75]) WITHIN GROUP (ORDER BY r.
 
 QUARTILES_EXCLUDED = """median = EXCLUDED.median,
         first_quartile = EXCLUDED.first_quartile,
-        third_quartile = EXCLUDED.third_quartile"""
+        third_quartile = EXCLUDED.third_quartile,
+        quartile_values = NULL"""
+"""Levels without quartile state: a plain cell of a measure whose quartiles were switched
+off loses the values it kept."""
 
-# Plain cells. A cell new to this run holds only new rows: its quartiles come from the
-# values `fresh` gathered ({NEW_CELL_VALUES}, sorted per cell). A stored cell's come
-# from all its raw rows, in the upsert's DO UPDATE, which has the stored row `a` at hand
-# (no lookup of it by the jsonb groups, which the unique index could serve only by its
-# first columns): through ix_raw_measure_cell (measure, CELL_KEY_HASH, start_date), one
-# range scan per touched cell that reads only that cell's rows (plus those of any group
-# key whose hash collides), with no per-row comparison of the jsonb groups (those cost
-# as much as the scan itself). Exactness does not rest on the hash: the rows found are a
-# superset of the cell's rows, so they ARE the cell's rows when there are as many as the
-# cell holds after this merge (a.count + EXCLUDED.count). A collision, or a cell stamped
-# by a purge, takes the exact scan instead (the CASE evaluates that subquery only then).
-NEW_CELL_VALUES = ",\n           array_agg(r.value) AS vals"
-QUARTILES_OF_NEW_CELL = """
-    CROSS JOIN LATERAL (
-        SELECT percentile_cont(ARRAY[0.25, 0.5, 0.75]) WITHIN GROUP (ORDER BY v) AS p
-        FROM unnest(f.vals) AS v
-    ) q"""
-QUARTILES_OF_STORED_CELL = (
-    """(first_quartile, median, third_quartile) = (
-            SELECT q.p[1], q.p[2], q.p[3]
+# Plain cells of a quartile measure keep their values (aggregate.quartile_values): the
+# float8 values percentile_cont sorts, in order, one per raw row. A merge sorts the
+# stored values with the new ones and takes median and quartiles from that array
+# (QUARTILE), instead of re-reading every raw row of the cell: 10,000 new rows into the
+# 600 cells of 100,000, merge statement 130 against 223 ms of backend CPU (see
+# docs/PERFORMANCE.md). The state is trusted only while it holds as many values as the
+# cell has rows (a.count) and no purge stamped the cell; otherwise (a cell made before
+# migration 0012, state dropped by the purge's ageing, a measure whose quartiles were
+# switched on again) the cell's raw rows are read as before ({values_from_rows}) and
+# the state is stored anew. A stamped cell keeps no state: the purge drops it with the
+# raw rows it copies (dacc.purge), and a merge never stores it back.
+# QUARTILE is percentile_cont's own float8 arithmetic (orderedsetaggs.c): for the
+# fraction p of n sorted values, pos = p·(n − 1), exact for p in {0.25, 0.5, 0.75};
+# the value at floor(pos), or lo + (pos − floor(pos))·(hi − lo) between two of them,
+# the same operations in the same order, so the same bits.
+QUARTILE = """CASE WHEN {pos} = floor({pos}) THEN {v}[CAST({pos} AS int) + 1]
+           ELSE {v}[CAST(floor({pos}) AS int) + 1] + ({pos} - floor({pos}))
+                * ({v}[CAST(floor({pos}) AS int) + 2] - {v}[CAST(floor({pos}) AS int) + 1])
+           END"""
+QUARTILE_POSITION = "(CAST({p} AS float8) * (cardinality({v}) - 1))"
+NEW_CELL_VALUES = ",\n           array_agg(CAST(r.value AS float8)) AS vals"
+# The new values of each touched cell, sorted alone (a handful per cell): a new cell's
+# state and quartiles, and what a stored cell's state takes in (EXCLUDED).
+SORTED_NEW_VALUES = """
+    CROSS JOIN LATERAL (SELECT ARRAY(SELECT unnest(f.vals) ORDER BY 1) AS v OFFSET 0) q"""
+# OFFSET 0 keeps the subquery from being pulled up: the array is built once, not once
+# per reference in QUARTILE.
+STORED_CELL_STATE = """(quartile_values, first_quartile, median, third_quartile) = (
+            SELECT CASE WHEN a.last_raw_measures_purged IS NULL THEN m.v END, {quartiles}
             FROM (
                 SELECT CASE
+                    WHEN cardinality(a.quartile_values) = a.count AND a.last_raw_measures_purged IS NULL
+                    THEN ARRAY(SELECT unnest(a.quartile_values || EXCLUDED.quartile_values) ORDER BY 1)
+                    ELSE ({values_from_rows})
+                END AS v
+                OFFSET 0
+            ) m)"""
+# A stored cell without state: its values from all its raw rows, through
+# ix_raw_measure_cell (measure, CELL_KEY_HASH, start_date), one range scan that reads
+# only that cell's rows (plus those of any group key whose hash collides), with no
+# per-row comparison of the jsonb groups. Exactness does not rest on the hash: the rows
+# found are a superset of the cell's rows, so they ARE the cell's rows when there are
+# as many as the cell holds after this merge (a.count + EXCLUDED.count). A collision,
+# or a cell stamped by a purge, takes the exact scan instead (the CASE evaluates that
+# subquery only then).
+VALUES_FROM_ROWS = """SELECT CASE
                     WHEN count(*) = a.count + EXCLUDED.count AND a.last_raw_measures_purged IS NULL
-                    THEN """
-    + PERCENTILES
-    + """
-                    ELSE (SELECT """
-    + PERCENTILES
-    + """
+                    THEN array_agg(CAST(r.value AS float8) ORDER BY CAST(r.value AS float8))
+                    ELSE (SELECT array_agg(CAST(r.value AS float8) ORDER BY CAST(r.value AS float8))
                           FROM raw_measure r
                           WHERE r.measure_name = :name
                             AND r.start_date >= EXCLUDED.start_date
                             AND r.start_date < EXCLUDED.start_date + CAST(:step AS interval)
                             AND r.created_by = EXCLUDED.created_by
                             AND {same_raw_cell})
-                END AS p
+                END
                 FROM raw_measure r
                 WHERE r.measure_name = :name
                   AND {row_hash} = {cell_hash}
                   AND r.start_date >= EXCLUDED.start_date
-                  AND r.start_date < EXCLUDED.start_date + CAST(:step AS interval)
-            ) q)"""
-)
+                  AND r.start_date < EXCLUDED.start_date + CAST(:step AS interval)"""
+
+
+def quartiles_of(values: str) -> tuple[str, str, str]:
+    """(first quartile, median, third quartile) of `values`, an expression of a sorted,
+    non-empty float8[], exactly as percentile_cont gives them over those values."""
+    parts = []
+    for p in ("0.25", "0.5", "0.75"):
+        parts.append(QUARTILE.format(v=values, pos=QUARTILE_POSITION.format(p=p, v=values)))
+    return parts[0], parts[1], parts[2]
+
+
 # Wildcard cells span several plain cells (every value of a starred group): their
 # quartiles come from one pass over the rows of the touched periods (a range scan of
 # ix_raw_measure_name_start_date per period), hash-grouped by the level's cell into an
@@ -380,7 +414,7 @@ INSERT INTO aggregate AS a """
 SELECT :name, c.start_date, c.created_by, c.group1, c.group2, c.group3,
        c.n, c.n_not_zero, c.s, c.ss, c.lo, c.hi, c.s / c.n, {std},
        c.p[2], c.p[1], c.p[3], now(),
-       c.anonymous + c.named, c.hi, c.hi2
+       c.anonymous + c.named, c.hi, c.hi2, NULL
 FROM cells c
 RETURNING a.start_date
 """
@@ -412,8 +446,9 @@ def merge(
     top2: bool = False,
 ) -> str:
     """The MERGE of one level. `top2`: keep each cell's second largest value (the
-    definition has a dominance rule). `all_new`: the measure has no cell yet, so every
-    level's quartiles come from the new rows alone, in the GROUP BY. `keyed`: the
+    definition has a dominance rule). `all_new`: the measure has no cell yet, so a
+    wildcard level's quartiles come from the new rows alone, in the GROUP BY (plain
+    cells take theirs from the values they gather either way). `keyed`: the
     groups the definition has a key for (they decide how a wildcard level's quartiles
     are read, not what they are)."""
     n, s, ss = (
@@ -423,25 +458,31 @@ def merge(
     )
     quartile_parts = {
         "quartiles": NO_QUARTILES,
+        "state": NO_STATE,
         "quartiles_from": "",
         "fresh_percentiles": "",
         "touched": "",
         "quartiles_merged": QUARTILES_EXCLUDED,
     }
-    if quartiles and all_new:
+    if quartiles and not starred:
+        first, median, third = quartiles_of("q.v")
+        values_from_rows = VALUES_FROM_ROWS.format(
+            row_hash=CELL_KEY_HASH.format(t="r."),
+            cell_hash=CELL_KEY_HASH.format(t="EXCLUDED."),
+            same_raw_cell=_same_groups("r", "EXCLUDED"),
+        )
+        quartile_parts.update(
+            quartiles=f"{median}, {first}, {third}",
+            state="q.v",
+            fresh_percentiles=NEW_CELL_VALUES,
+            quartiles_from=SORTED_NEW_VALUES,
+            quartiles_merged=STORED_CELL_STATE.format(
+                quartiles=", ".join(quartiles_of("m.v")), values_from_rows=values_from_rows
+            ),
+        )
+    elif quartiles and all_new:
         quartile_parts.update(
             quartiles=FRESH_QUARTILES, fresh_percentiles=f",\n           {PERCENTILES} AS p"
-        )
-    elif quartiles and not starred:
-        quartile_parts.update(
-            quartiles=QUARTILES,
-            fresh_percentiles=NEW_CELL_VALUES,
-            quartiles_from=QUARTILES_OF_NEW_CELL,
-            quartiles_merged=QUARTILES_OF_STORED_CELL.format(
-                row_hash=CELL_KEY_HASH.format(t="r."),
-                cell_hash=CELL_KEY_HASH.format(t="EXCLUDED."),
-                same_raw_cell=_same_groups("r", "EXCLUDED"),
-            ),
         )
     elif quartiles and keyed <= starred:
         unstarred = [f"r.{g} IS NOT DISTINCT FROM f.{g}" for g in GROUPS if g not in starred]

@@ -42,6 +42,14 @@ class Aggregate(db.Model):
             "measure_name",
             postgresql_where=sa.text("last_raw_measures_purged IS NOT NULL"),
         ),
+        # The cells that keep quartile state, by day: the purge drops it from the cells
+        # past maxDaysToUpdateQuartile without reading the others.
+        sa.Index(
+            "ix_aggregate_quartile_state",
+            "measure_name",
+            "start_date",
+            postgresql_where=sa.text("quartile_values IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
@@ -78,6 +86,11 @@ class Aggregate(db.Model):
     definition without the rule. Never served."""
     last_updated: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=sa.func.now())
     last_raw_measures_purged: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    quartile_values: Mapped[list[float] | None] = mapped_column(ARRAY(sa.Float))
+    """A plain cell's values, sorted, as percentile_cont sees them (float8), so that a
+    merge takes its quartiles without re-reading its raw rows (dacc.aggregation.sql).
+    A copy of raw values: only while the cell is within maxDaysToUpdateQuartile and
+    unstamped (dacc.purge drops it with the raw rows); never served. NULL elsewhere."""
 
 
 class AggregationState(db.Model):
