@@ -212,7 +212,7 @@ off loses the values it kept."""
 # float8 values percentile_cont sorts, in order, one per raw row. A merge sorts the
 # stored values with the new ones and takes median and quartiles from that array
 # (QUARTILE), instead of re-reading every raw row of the cell: 10,000 new rows into the
-# 600 cells of 100,000, merge statement 130 against 223 ms of backend CPU (see
+# 600 cells of 100,000, merge statement 104-130 against 200-234 ms of backend CPU (see
 # docs/PERFORMANCE.md). The state is trusted only while it holds as many values as the
 # cell has rows (a.count) and no purge stamped the cell; otherwise (a cell made before
 # migration 0012, state dropped by the purge's ageing, a measure whose quartiles were

@@ -4,6 +4,7 @@ workers, and PostgreSQL when the benchmark started its own."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -26,6 +27,14 @@ def tree_seconds(pid: int | None) -> float | None:
         except (OSError, ValueError, IndexError):  # exited meanwhile
             continue
     return total
+
+
+def run_seconds(pgdata: Path | None) -> float | None:
+    """CPU seconds used so far by this process and by the embedded PostgreSQL of
+    `pgdata` (postmaster, backends, background processes); None on an external
+    database (`pgdata` None), whose processes are not ours to read."""
+    database = tree_seconds(postmaster_pid(pgdata)) if pgdata is not None else None
+    return None if database is None else time.process_time() + database
 
 
 def postmaster_pid(pgdata: Path) -> int | None:
