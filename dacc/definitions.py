@@ -23,6 +23,8 @@ from dacc.models import (
     ContributorQuota,
     MeasureDefinition,
     MeasureKey,
+    PublicationPiece,
+    PublishedVersion,
     RawMeasure,
     RefusedRawMeasure,
 )
@@ -486,6 +488,12 @@ def remove_definition(name: str) -> dict[str, int]:
     for model in (ContributorQuota, CellContributor):
         db.session.execute(sa.delete(model).where(model.measure_name == name))
     db.session.delete(definition)
+    db.session.flush()
+    # The ledger's history names its measure without a foreign key: deleted after the
+    # definition, whose delete waits for a publication holding the measure's state, so
+    # that what such a publication appended is deleted too.
+    for model in (PublishedVersion, PublicationPiece):
+        db.session.execute(sa.delete(model).where(model.measure_name == name))
     db.session.commit()
     forget_cached_definitions()
     log.info("definition %s removed (%s)", name, counts)

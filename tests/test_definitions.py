@@ -2,6 +2,7 @@
 
 import json
 from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -247,6 +248,37 @@ def test_remove_deletes_the_definition_and_everything_it_owns(app, make_definiti
         count(m)
         for m in (MeasureDefinition, RawMeasure, MeasureKey, Aggregate, AggregationState, RefusedRawMeasure)
     ] == [1, 1, 1, 1, 0, 0]
+
+
+def test_remove_deletes_the_ledger_of_the_measure_and_only_its(app):
+    """The history tables (versions, pieces) have no foreign key: removal deletes them."""
+    from tests.aggregation.helpers import insert_raw
+    from tests.publication.test_attacks import define
+
+    ledger = (
+        "published_cell",
+        "published_version",
+        "publication_piece",
+        "publication_leaf",
+        "publication_state",
+    )
+    for name in ("m", "other"):
+        define(name, groups=1, k=1)
+        insert_raw(name, [(Decimal(1), datetime(2022, 1, 1), "a", {"a": "x"}, None, None)] * 2)
+        compute_aggregation(name, force=True)
+
+    def rows(name):
+        return [
+            db.session.execute(
+                sa.text(f"SELECT count(*) FROM {table} WHERE measure_name = :n"), {"n": name}
+            ).scalar()
+            for table in ledger
+        ]
+
+    assert rows("m") == rows("other") == [1, 1, 1, 1, 1]
+    definitions.remove_definition("m")
+    assert rows("m") == [0, 0, 0, 0, 0]
+    assert rows("other") == [1, 1, 1, 1, 1]
 
 
 def test_remove_unknown_definition_is_not_found(app):

@@ -15,20 +15,30 @@ CELL_KEY = ("measure_name", "start_date", "created_by", "group1", "group2", "gro
 """measure_name leads every ledger key: the tables can be distributed by measure."""
 
 
-class CellKey:
+class HistoryCellKey:
     """The key of a cell, shared by the ledger tables (a mixin: each table gets its own
-    columns)."""
+    columns). The append-only history tables (versions, pieces) name their measure
+    without a foreign key: a publication appends a row per served version and per
+    piece, and a key check per row cost a tenth of its database time; their rows go
+    with their definition by an explicit delete (dacc.definitions)."""
 
     id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
-    measure_name: Mapped[str] = mapped_column(
-        sa.String(NAME_LENGTH),
-        sa.ForeignKey("measure_definition.name", ondelete="CASCADE", onupdate="CASCADE"),
-    )
+    measure_name: Mapped[str] = mapped_column(sa.String(NAME_LENGTH))
     start_date: Mapped[datetime] = mapped_column(sa.DateTime)
     created_by: Mapped[str] = mapped_column(sa.String(KEY_LENGTH))
     group1: Mapped[dict | None] = mapped_column(JSONB(none_as_null=True))
     group2: Mapped[dict | None] = mapped_column(JSONB(none_as_null=True))
     group3: Mapped[dict | None] = mapped_column(JSONB(none_as_null=True))
+
+
+class CellKey(HistoryCellKey):
+    """The key of a cell of a ledger table that holds one row per cell, tied to its
+    definition (deleted with it)."""
+
+    measure_name: Mapped[str] = mapped_column(
+        sa.String(NAME_LENGTH),
+        sa.ForeignKey("measure_definition.name", ondelete="CASCADE", onupdate="CASCADE"),
+    )
 
 
 class PublishedCell(CellKey, db.Model):
@@ -60,7 +70,7 @@ class PublishedCell(CellKey, db.Model):
     published_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
 
 
-class PublishedVersion(CellKey, db.Model):
+class PublishedVersion(HistoryCellKey, db.Model):
     """Every version ever served, never deleted but with its definition: the audit's memory."""
 
     __tablename__ = "published_version"
@@ -95,7 +105,7 @@ class PublicationLeaf(CellKey, db.Model):
     longer match its pieces, so no row covering it is served anew."""
 
 
-class PublicationPiece(CellKey, db.Model):
+class PublicationPiece(HistoryCellKey, db.Model):
     """The contributions a plain cell gained in one publication epoch."""
 
     __tablename__ = "publication_piece"

@@ -118,7 +118,7 @@ def load_hierarchies(conn, params: dict, *, with_rows: bool = True) -> dict[tupl
         parts.append(("rows", sql.CANDIDATES))
     keys = list(zip(params["starts"], params["apps"]))
     for attribute, statement in parts:
-        for row in conn.execute(sa.text(statement), params):
+        for row in conn.execute(sa.text(statement), params).all():
             getattr(found[keys[row.h - 1]], attribute).append(row)
     return found
 
