@@ -156,3 +156,75 @@ def test_quartile_state_migration_adds_and_removes_the_column_and_its_index(unmi
         assert conn.execute(sa.text("SELECT count, median FROM aggregate")).one() == (2, 1.5)
     upgrade()
     assert _quartile_state_schema() is not None
+
+
+def _index_exists(name: str) -> bool:
+    with db.engine.connect() as conn:
+        return conn.execute(sa.text("SELECT to_regclass(:name) IS NOT NULL"), {"name": name}).scalar()
+
+
+def test_cell_index_migration_fills_the_state_in_reach_then_drops_the_index(unmigrated_app):
+    """Migration 0014: the plain cells of quartile definitions within
+    maxDaysToUpdateQuartile, unstamped, whose raw rows are exactly their count, get
+    their sorted values; no other cell does. Its downgrade builds the index again."""
+    from flask_migrate import downgrade, upgrade
+
+    upgrade(revision="0012_quartile_state")
+    assert _index_exists("ix_raw_measure_cell")
+    cells = {  # group1 value: (days ago, raw values, stored count, stamped)
+        "filled": (3, [5, 1.5, 3], 3, False),
+        "unaggregated": (3, [1, 2, 3], 2, False),
+        "stamped": (3, [1, 2], 2, True),
+        "old": (200, [1, 2], 2, False),
+    }
+    with db.engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO measure_definition (name, org, aggregation_period, execution_frequency,"
+                " group1_key, with_quartiles, max_days_to_update_quartile)"
+                " VALUES ('q', 'org', 'day', 'day', 'g1', true, 100), ('plain', 'org', 'day', 'day', 'g1', false, 100)"
+            )
+        )
+        for name, group, (days, values, count, stamped) in [
+            *(("q", g, c) for g, c in cells.items()),
+            ("plain", "filled", cells["filled"]),
+        ]:
+            params = {"name": name, "group1": f'{{"g1": "{group}"}}', "days": days, "count": count}
+            day = "date_trunc('day', CAST(now() AS timestamp)) - make_interval(days => :days)"
+            for value in values:
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO raw_measure (measure_name, value, start_date, created_by, group1)"
+                        f" VALUES (:name, :value, {day} + interval '1 hour', 'app', CAST(:group1 AS jsonb))"
+                    ),
+                    {**params, "value": value},
+                )
+            conn.execute(
+                sa.text(
+                    "INSERT INTO aggregate (measure_name, start_date, created_by, group1, count, count_not_zero,"
+                    " sum, sum_squares, min, max, avg, std, contributors, largest_value, last_raw_measures_purged)"
+                    f" VALUES (:name, {day}, 'app', CAST(:group1 AS jsonb), :count, :count, 1, 1, 1, 1, 1, 0,"
+                    " :count, 1, CASE WHEN :stamped THEN now() END)"
+                ),
+                {**params, "stamped": stamped},
+            )
+
+    upgrade(revision="0014_drop_cell_index")
+
+    with db.engine.connect() as conn:
+        states = dict(
+            conn.execute(
+                sa.text("SELECT measure_name || ' ' || (group1 ->> 'g1'), quartile_values FROM aggregate")
+            ).all()
+        )
+    assert states == {
+        "q filled": [1.5, 3.0, 5.0],
+        "q unaggregated": None,
+        "q stamped": None,
+        "q old": None,
+        "plain filled": None,
+    }
+    assert not _index_exists("ix_raw_measure_cell")
+    downgrade(revision="0013_ledger_history_keys")
+    assert _index_exists("ix_raw_measure_cell")
+    upgrade()

@@ -6,8 +6,6 @@ the optional rebuild clause); every value is a bound parameter.
 
 from __future__ import annotations
 
-from dacc.models.measures import CELL_KEY_HASH
-
 GROUPS = ("group1", "group2", "group3")
 STEPS = {"day": "1 day", "week": "1 week", "month": "1 month"}
 """Length of an aggregate cell for each aggregation_period (date_trunc field → interval)."""
@@ -214,11 +212,11 @@ off loses the values it kept."""
 # (QUARTILE), instead of re-reading every raw row of the cell: 10,000 new rows into the
 # 600 cells of 100,000, merge statement 104-130 against 200-234 ms of backend CPU (see
 # docs/PERFORMANCE.md). The state is trusted only while it holds as many values as the
-# cell has rows (a.count) and no purge stamped the cell; otherwise (a cell made before
-# migration 0012, state dropped by the purge's ageing, a measure whose quartiles were
-# switched on again) the cell's raw rows are read as before ({values_from_rows}) and
-# the state is stored anew. A stamped cell keeps no state: the purge drops it with the
-# raw rows it copies (dacc.purge), and a merge never stores it back.
+# cell has rows (a.count) and no purge stamped the cell; otherwise (a cell migration
+# 0014 did not fill, state dropped by the purge's ageing) the cell's raw rows are read
+# ({values_from_rows}) and the state is stored anew. A stamped cell keeps no state:
+# the purge drops it with the raw rows it copies (dacc.purge), and a merge never stores
+# it back.
 # QUARTILE is percentile_cont's own float8 arithmetic (orderedsetaggs.c): for the
 # fraction p of n sorted values, pos = p·(n − 1), exact for p in {0.25, 0.5, 0.75};
 # the value at floor(pos), or lo + (pos − floor(pos))·(hi − lo) between two of them,
@@ -245,30 +243,17 @@ STORED_CELL_STATE = """(quartile_values, first_quartile, median, third_quartile)
                 END AS v
                 OFFSET 0
             ) m)"""
-# A stored cell without state: its values from all its raw rows, through
-# ix_raw_measure_cell (measure, CELL_KEY_HASH, start_date), one range scan that reads
-# only that cell's rows (plus those of any group key whose hash collides), with no
-# per-row comparison of the jsonb groups. Exactness does not rest on the hash: the rows
-# found are a superset of the cell's rows, so they ARE the cell's rows when there are
-# as many as the cell holds after this merge (a.count + EXCLUDED.count). A collision,
-# or a cell stamped by a purge, takes the exact scan instead (the CASE evaluates that
-# subquery only then).
-VALUES_FROM_ROWS = """SELECT CASE
-                    WHEN count(*) = a.count + EXCLUDED.count AND a.last_raw_measures_purged IS NULL
-                    THEN array_agg(CAST(r.value AS float8) ORDER BY CAST(r.value AS float8))
-                    ELSE (SELECT array_agg(CAST(r.value AS float8) ORDER BY CAST(r.value AS float8))
-                          FROM raw_measure r
-                          WHERE r.measure_name = :name
-                            AND r.start_date >= EXCLUDED.start_date
-                            AND r.start_date < EXCLUDED.start_date + CAST(:step AS interval)
-                            AND r.created_by = EXCLUDED.created_by
-                            AND {same_raw_cell})
-                END
+# A stored cell without state (aged out by the purge, or left by migration 0014): its
+# values from all its raw rows, through ix_raw_measure_name_start_date (the cell's
+# period, its other groups' rows filtered out). Rare, so no index of raw rows by cell
+# (migration 0014 dropped it: every ingested row paid its entry).
+VALUES_FROM_ROWS = """SELECT array_agg(CAST(r.value AS float8) ORDER BY CAST(r.value AS float8))
                 FROM raw_measure r
                 WHERE r.measure_name = :name
-                  AND {row_hash} = {cell_hash}
                   AND r.start_date >= EXCLUDED.start_date
-                  AND r.start_date < EXCLUDED.start_date + CAST(:step AS interval)"""
+                  AND r.start_date < EXCLUDED.start_date + CAST(:step AS interval)
+                  AND r.created_by = EXCLUDED.created_by
+                  AND {same_raw_cell}"""
 
 
 def quartiles_of(values: str) -> tuple[str, str, str]:
@@ -466,11 +451,7 @@ def merge(
     }
     if quartiles and not starred:
         first, median, third = quartiles_of("q.v")
-        values_from_rows = VALUES_FROM_ROWS.format(
-            row_hash=CELL_KEY_HASH.format(t="r."),
-            cell_hash=CELL_KEY_HASH.format(t="EXCLUDED."),
-            same_raw_cell=_same_groups("r", "EXCLUDED"),
-        )
+        values_from_rows = VALUES_FROM_ROWS.format(same_raw_cell=_same_groups("r", "EXCLUDED"))
         quartile_parts.update(
             quartiles=f"{median}, {first}, {third}",
             state="q.v",

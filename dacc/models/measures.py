@@ -26,9 +26,8 @@ CELL_KEY_HASH = (
     " # COALESCE(jsonb_hash_extended({t}group3, 3::bigint), 3::bigint))"
 )
 """A 64-bit hash of a raw row's cell key within its measure and period (created_by and
-the three groups; `{t}` is the table prefix, e.g. "r."). ix_raw_measure_cell indexes
-it so that a cell's quartiles read only that cell's rows; the aggregation never trusts
-it alone (it checks the count of the rows found, see aggregation/sql.py)."""
+the three groups; `{t}` is the table prefix, e.g. "r."): contributor_quota's cell key
+(dacc.ingestion). Never trusted alone to tell cells apart where exactness matters."""
 
 
 class RawMeasure(db.Model):
@@ -37,7 +36,6 @@ class RawMeasure(db.Model):
         sa.Index("ix_raw_measure_name_txid", "measure_name", "txid"),
         sa.Index("ix_raw_measure_name_start_date", "measure_name", "start_date"),
         sa.Index("ix_raw_measure_name_last_updated", "measure_name", "last_updated"),
-        sa.Index("ix_raw_measure_cell", "measure_name", sa.text(CELL_KEY_HASH.format(t="")), "start_date"),
     )
 
     # No foreign key to the definition: a per-row check would slow COPY, and ingestion

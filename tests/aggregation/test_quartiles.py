@@ -1,4 +1,4 @@
-"""Quartiles of touched cells: read through the cell index, exact even when its hash collides."""
+"""Quartiles of touched cells: merged into each plain cell's sorted values, exact to the bit."""
 
 import json
 import random
@@ -61,19 +61,6 @@ def test_runs_into_existing_quartile_cells_stay_exact_on_every_level(app, make_d
         _assert_exact(definition)
 
 
-def test_a_hash_collision_takes_the_exact_scan(app, make_definition, monkeypatch):
-    """With every cell key hashing alike, the index finds all the rows of a period for
-    each cell: more rows than the cell holds, so the merge must read the cell exactly."""
-    definition = make_definition("m", group2_key="g2", with_quartiles=True, wildcard_groups=[["group2"]])
-    monkeypatch.setattr(sql, "CELL_KEY_HASH", "CAST(0 AS bigint)")
-    rnd = random.Random(7)
-    insert_raw("m", _rows(rnd, 120, days=2))
-    compute_aggregation("m", force=True)
-    insert_raw("m", _rows(rnd, 40, days=2))
-    compute_aggregation("m", force=True)
-    _assert_exact(definition)
-
-
 def test_a_cell_with_one_group_null_is_not_mixed_with_its_neighbours(app, make_definition):
     """A NULL group matches NULL only: the cells (a, NULL) and (a, "s") keep their own quartiles."""
     make_definition("m", group2_key="g2", with_quartiles=True)
@@ -95,30 +82,6 @@ def test_a_cell_with_one_group_null_is_not_mixed_with_its_neighbours(app, make_d
     compute_aggregation("m", force=True)
     medians = {key[3]: cell["median"] for key, cell in aggregate_cells("m").items()}
     assert medians == {None: 2.0, json.dumps({"g2": "s"}): 200.0}
-
-
-def test_the_merge_reads_quartile_cells_through_the_migrated_cell_index(app, make_definition):
-    """The statement's hash expression is the migrated index's: the planner can use it."""
-    make_definition("m", with_quartiles=True)
-    insert_raw("m", [(Decimal("1"), DAY, "app", {"g1": "a"}, None, None)])
-    statement = sql.merge(frozenset(), rebuild=False, quartiles=True)
-    params = {
-        "name": "m",
-        "period": "day",
-        "step": "1 day",
-        "xmin": 0,
-        "xmax": 0,
-        "xip": [],
-        "rebuild_from": None,
-        "star_group1": None,
-        "star_group2": None,
-        "star_group3": None,
-    }
-    db.session.execute(sa.text("SET LOCAL enable_seqscan = off"))
-    db.session.execute(sa.text("SET LOCAL enable_bitmapscan = off"))
-    plan = "\n".join(db.session.execute(sa.text("EXPLAIN " + statement), params).scalars())
-    db.session.rollback()
-    assert "ix_raw_measure_cell" in plan
 
 
 # --- quartile state (aggregate.quartile_values, migration 0012) ----------------------
