@@ -49,7 +49,7 @@ def create_app(config: Config | None = None) -> Flask:
 
 
 class _Flask(Flask):
-    """Flask, with `ensure_sync` remembered per function.
+    """Flask, with `ensure_sync` remembered per function, and OPTIONS answered 204.
 
     Flask asks it of every hook and view on every request (an `inspect` check each,
     seven per POST /measure); DACC has no async view, and a function's answer never
@@ -64,6 +64,17 @@ class _Flask(Flask):
         if made is None:
             made = self._synced[func] = super().ensure_sync(func)
         return made
+
+    def make_default_options_response(self):
+        """OPTIONS on a route: 204 with its `Allow` header, no body and no content type.
+
+        Flask's own answer is an empty 200 declared text/html: an API that answers only
+        JSON must not announce an HTML page. No token needed: it tells only the methods
+        the document (/openapi.json) publishes anyway."""
+        response = super().make_default_options_response()
+        response.status_code = 204
+        del response.headers["Content-Type"]
+        return response
 
 
 def _stop_on_config_error(exc: ConfigError):

@@ -69,6 +69,20 @@ def test_every_operation_documents_its_errors():
                     assert _validator(body).is_valid({"error": "x"}), (path, method, status)
 
 
+def test_options_on_every_path_is_204_with_its_methods_and_no_body(client):
+    for path, item in openapi_document()["paths"].items():
+        response = client.open(re.sub(r"\{[^{}]+\}", "index.html", path), method="OPTIONS")
+        assert response.status_code == 204, path
+        assert response.get_data() == b"", path
+        assert "Content-Type" not in response.headers, path
+        methods = {method.upper() for method in item if method in METHODS}
+        if "GET" in methods:
+            methods.add("HEAD")
+        assert set(response.headers["Allow"].split(", ")) == methods | {"OPTIONS"}, path
+    response = client.open("/no-such-path", method="OPTIONS")
+    assert response.status_code == 404 and "error" in response.get_json()
+
+
 def _readme_requests() -> list:
     return [json.loads(block) for block in re.findall(r"```json\n(.*?)```", README.read_text(), re.S)]
 
