@@ -31,14 +31,17 @@ class NoContributorSecret(DaccError):
 def init_contributor_key(app, config: Config) -> None:
     """Decide once, at start, the key of this app's contributor hashes.
 
-    The configured `dacc.contributor_secret`; else, for the embedded default, a secret
-    generated once in its instance folder; else none (contributors are then refused).
-    The key is kept on the app, never logged.
+    The configured `dacc.contributor_secret`; else, for the embedded default, the secret
+    of its instance folder: read now if it exists (a bad one stops the start), else
+    generated at its first use, so that a command that hashes nothing (`flask --help`)
+    writes nothing; else none (contributors are then refused). The key is kept on the
+    app, never logged.
     """
     if config.contributor_secret:
-        key = config.contributor_secret.encode()
+        key: bytes | Path | None = config.contributor_secret.encode()
     elif config.embedded:
-        key = _instance_secret(Path(config.data_dir).parent / SECRET_FILE)
+        path = Path(config.data_dir).parent / SECRET_FILE
+        key = _read_secret(path) if path.exists() else path
     else:
         key = None
     app.extensions[EXTENSION_KEY] = key
@@ -46,6 +49,17 @@ def init_contributor_key(app, config: Config) -> None:
 
 def contributor_key() -> bytes:
     key = current_app.extensions.get(EXTENSION_KEY)
+    if isinstance(key, Path):
+        # First use of the embedded default's secret: generated now. Threads that get
+        # here together create it once (_instance_secret) and all read the same.
+        try:
+            key = _instance_secret(key)
+        except ConfigError as exc:  # another process wrote a bad one meanwhile
+            log.error("%s", exc.message)
+            raise NoContributorSecret(
+                "contributor: this server's contributor secret is unusable; ask its admin"
+            ) from None
+        current_app.extensions[EXTENSION_KEY] = key
     if key is None:
         raise NoContributorSecret(
             "contributor: this server has no contributor secret (dacc.contributor_secret);"
@@ -81,6 +95,10 @@ def _instance_secret(path: Path) -> bytes:
             pass
         finally:
             os.unlink(draft)
+    return _read_secret(path)
+
+
+def _read_secret(path: Path) -> bytes:
     secret = path.read_text(encoding="utf-8").strip()
     if len(secret) < MIN_SECRET_LENGTH:
         raise ConfigError(f"{path}: the contributor secret must hold at least {MIN_SECRET_LENGTH} characters")

@@ -12,8 +12,8 @@ import pytest
 import sqlalchemy as sa
 
 from dacc.aggregation.compute import compute_aggregation, compute_wildcard_aggregate
-from dacc.config import Config
-from dacc.contributors import SECRET_FILE, hash_contributor, init_contributor_key
+from dacc.config import Config, ConfigError
+from dacc.contributors import SECRET_FILE, contributor_key, hash_contributor, init_contributor_key
 from dacc.db import db
 from dacc.ingestion import record_measure, record_measures
 from dacc.models import ContributorQuota, RawMeasure
@@ -241,11 +241,32 @@ def test_the_embedded_default_generates_its_secret_once_with_mode_0600(tmp_path)
     first, second = Flask("a"), Flask("b")
     init_contributor_key(first, config)
     init_contributor_key(second, config)
+    # Nothing written at start: only a measure with a contributor needs the key.
+    assert not (tmp_path / "instance").exists()
+    keys = []
+    for app in (first, second):
+        with app.app_context():
+            keys.append(contributor_key())
+            assert contributor_key() == keys[-1]
     path = tmp_path / "instance" / SECRET_FILE
     assert os.stat(path).st_mode & 0o777 == 0o600
-    assert first.extensions["dacc_contributor_key"] == second.extensions["dacc_contributor_key"]
-    assert len(first.extensions["dacc_contributor_key"]) >= 32
+    assert keys[0] == keys[1] == path.read_text().strip().encode()
+    assert len(keys[0]) >= 32
+    # A later start reads the same one at once.
+    third = Flask("c")
+    init_contributor_key(third, config)
+    assert third.extensions["dacc_contributor_key"] == keys[0]
     assert "secret" not in repr(Config(contributor_secret="s" * 40)).replace("contributor_secret", "")
+
+
+def test_a_short_instance_secret_stops_the_start_naming_the_file(tmp_path):
+    from flask import Flask
+
+    (tmp_path / "instance").mkdir()
+    (tmp_path / "instance" / SECRET_FILE).write_text("short\n")
+    config = Config(data_dir=str(tmp_path / "instance" / "pgdata"))
+    with pytest.raises(ConfigError, match=r"contributor_secret: the contributor secret must hold at least"):
+        init_contributor_key(Flask("a"), config)
 
 
 def test_without_a_secret_an_external_database_refuses_contributors_with_503(client, measure, auth_header):

@@ -157,7 +157,8 @@ def test_commands_that_need_no_database_start_none(fresh_instance, args):
     folder, env = fresh_instance
     result = _flask(env, folder, *args)
     assert result.returncode == 0, result.stderr
-    assert not (folder / "pgdata").exists()
+    # Nothing written: no data folder, no contributor secret (made at its first use).
+    assert [p.name for p in folder.iterdir()] == ["config.yml"]
     # Logging at debug: not even a debug line about a database.
     assert "database" not in result.stderr
     assert "migrating" not in result.stderr
