@@ -124,11 +124,17 @@ def measure(i: int = 0, **fields) -> dict:
     return body
 
 
-@contextlib.contextmanager
-def running_worker(app, config: MqttConfig):
-    """The worker in a thread of this process, subscribed before this yields."""
-    stop = threading.Event()
-    worker = mqtt.Worker(config, stop=stop)
+def subscribe(client, topic: str) -> None:
+    """Subscribe at QoS 1 and wait for the broker's acknowledgement (from then on it
+    keeps every message of `topic` for `client`)."""
+    acknowledged = threading.Event()
+    client.on_subscribe = lambda *args: acknowledged.set()
+    client.subscribe(topic, qos=1)
+    assert acknowledged.wait(10), f"the broker did not acknowledge the subscription to {topic}"
+
+
+def noticing_subscription(worker) -> threading.Event:
+    """An event set once the broker acknowledged the worker's subscriptions."""
     subscribed = threading.Event()
     on_subscribe = worker.client.on_subscribe
 
@@ -137,6 +143,15 @@ def running_worker(app, config: MqttConfig):
         subscribed.set()
 
     worker.client.on_subscribe = noticed
+    return subscribed
+
+
+@contextlib.contextmanager
+def running_worker(app, config: MqttConfig):
+    """The worker in a thread of this process, subscribed before this yields."""
+    stop = threading.Event()
+    worker = mqtt.Worker(config, stop=stop)
+    subscribed = noticing_subscription(worker)
     errors = []
 
     def target():
@@ -206,8 +221,7 @@ def test_bad_messages_are_set_aside_and_the_worker_keeps_going(app, make_definit
     caplog.set_level("INFO", logger="dacc")
     with publisher(broker.port, "rejects-reader") as reader:
         reader.on_message = lambda client, userdata, message: rejects_seen.append(json.loads(message.payload))
-        reader.subscribe("dacc/rejected", qos=1)
-        time.sleep(0.2)
+        subscribe(reader, "dacc/rejected")
         with running_worker(app, config) as worker, publisher(broker.port) as client:
             publish(client, bad)
             publish(client, [measure(7)])
@@ -289,6 +303,7 @@ def test_an_unexpected_error_stops_the_worker_without_acknowledging(
     monkeypatch.setattr(worker_module, "store_measures", broken)
     stop = threading.Event()
     worker = mqtt.Worker(broker.config(), stop=stop)
+    subscribed = noticing_subscription(worker)
     outcome = []
 
     def target():
@@ -300,8 +315,7 @@ def test_an_unexpected_error_stops_the_worker_without_acknowledging(
 
     thread = threading.Thread(target=target, daemon=True)
     thread.start()
-    _wait_for(lambda: worker._connection > 0, what="a connection")
-    time.sleep(0.3)  # subscribed
+    assert subscribed.wait(15), "the worker did not subscribe"
     with publisher(broker.port) as client:
         publish(client, [measure(1)])
     thread.join(15)
@@ -329,7 +343,8 @@ def test_broker_down_at_start_then_up_logs_once_and_connects(app, make_definitio
     thread = threading.Thread(target=target, daemon=True)
     thread.start()
     try:
-        time.sleep(2.5)  # a few attempts, 1 s apart at first
+        _wait_for(lambda: "broker unreachable" in caplog.text, what="the first attempt")
+        time.sleep(2.5)  # a few more attempts, 1 s apart at first
         assert caplog.text.count("broker unreachable") == 1
         conf = tmp_path / "late.conf"
         conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
