@@ -224,7 +224,10 @@ ORDER BY a.id
 CANDIDATES = (
     """
 WITH rows AS MATERIALIZED (
-    SELECT a.*, """
+    -- The columns decided on, not a.*: a quartile cell's sorted values are kilobytes.
+    SELECT a.id, a.start_date, a.created_by, a.group1, a.group2, a.group3, a.count,
+           a.count_not_zero, a.contributors, a.sum, a.min, a.largest_value,
+           a.second_largest_value, """
     + cell_key("a")
     + """ AS cell FROM aggregate a WHERE a.measure_name = :name AND """
     + SCOPE_DAYS.format(t="a")
