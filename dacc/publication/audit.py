@@ -100,9 +100,7 @@ class Audit:
 
     def add(self, vector) -> None:
         """Record a served version (0/1 over pieces), whatever it discloses."""
-        columns = self._columns(vector)
-        if not self._known_at_once(columns):
-            self._insert(self._reduce(columns))
+        self._record(vector)
 
     def known_pieces(self) -> np.ndarray:
         """Boolean mask over pieces (original order): those whose total is known."""
@@ -156,63 +154,55 @@ class Audit:
         pivots[: self.rank] = self.pivots
         self._rows, self._pivots = rows, pivots
 
-    def _known_at_once(self, columns: np.ndarray) -> bool:
+    def _known_at_once(self, columns: np.ndarray) -> _Undo | None:
         """The common case, without arithmetic: a vector that is one big piece that no
-        row holds (a plain cell's new piece, its older ones known) makes it known."""
+        row holds (a plain cell's new piece, its older ones known) makes it known; what
+        undoes that, or None for any other vector."""
         nonzero = np.flatnonzero(columns)
         if len(nonzero) != 1 or nonzero[0] >= self.n_big:
-            return False
+            return None
         j = int(nonzero[0])
         if self.rank and self.basis[:, j].any():
-            return False
+            return None
         self.known[j] = True
-        self._last = _Undo(j, None, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), None)
-        return True
+        return _Undo(j, None, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), None)
 
-    def try_add(self, vector) -> bool:
-        """Record the version only if no new small set becomes computable; say which."""
-        self._last = None
+    def _record(self, vector) -> tuple[_Undo | None, bool]:
+        """Insert a version: (what undoes it, None if it added nothing; whether it changed
+        W, the span of the combinations that cancel every big piece). A new big pivot or
+        a known big piece leaves W as it was."""
         columns = self._columns(vector)
-        if self._known_at_once(columns):
-            return True
+        undo = self._known_at_once(columns)
+        if undo is not None:
+            return undo, False
         reduced = self._reduce(columns)
         nonzero = np.flatnonzero(reduced)
         if len(nonzero) == 0:
-            return True  # nothing new: already computable from what was served
-        if nonzero[0] < self.n_big:
-            self._last = self._insert(reduced)  # a new big pivot leaves W as it was
-            return True
-        undo = self._insert(reduced)
-        if self._violation(undo) is None:
-            self._last = undo
-            return True
-        self._rollback(undo)
-        return False
+            return None, False  # nothing new: already computable from what was served
+        return self._insert(reduced), bool(nonzero[0] >= self.n_big)
+
+    def try_add(self, vector) -> bool:
+        """Record the version only if no new small set becomes computable; say which."""
+        undo, changed_w = self._record(vector)
+        if changed_w and self._violation(undo) is not None:
+            self._rollback(undo)
+            self._last = None
+            return False
+        self._last = undo
+        return True
 
     def try_add_all(self, vectors) -> bool:
         """Record all these versions if together they make no small set computable that
         was not before; else record none. Then one by one each would have been accepted
         too: what any first few of them make computable, all of them do. One search for
         the lot, from every row they added or changed."""
-        undos, steps = [], []
-        for vector in vectors:
-            self._last = None
-            columns = self._columns(vector)
-            if self._known_at_once(columns):
-                undos.append(self._last)
-                continue
-            reduced = self._reduce(columns)
-            nonzero = np.flatnonzero(reduced)
-            if len(nonzero) == 0:
-                continue
-            undo = self._insert(reduced)
-            undos.append(undo)
-            if nonzero[0] >= self.n_big:  # a big pivot leaves W as it was
-                steps.append(undo)
+        recorded = [self._record(vector) for vector in vectors]
         self._last = None
+        steps = [undo for undo, changed_w in recorded if changed_w]
         if steps and self._violation(*steps) is not None:
-            for undo in reversed(undos):
-                self._rollback(undo)
+            for undo, _ in reversed(recorded):
+                if undo is not None:
+                    self._rollback(undo)
             return False
         return True
 
